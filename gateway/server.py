@@ -1,0 +1,135 @@
+"""``telgate serve``: the HTTP API and the SFTP release server in one process.
+
+Start-up order: settings -> backends (``build_gateway``) -> HTTP site -> SFTP listener. SIGTERM or
+SIGINT sets the stop event; shutdown runs in reverse: SFTP listener and sessions closed, HTTP stops
+accepting and drains, backends closed. ``RunningServer`` is what the tests use to run a real node on
+ephemeral ports in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+from aiohttp import web
+from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate, ReleaseSession, SftpServer
+
+from gateway.api import create_app
+from gateway.audit import Clock
+from gateway.datadir import load_host_key
+from gateway.settings import Settings
+from gateway.wiring import Gateway, build_gateway
+
+log = logging.getLogger("telgate.server")
+
+
+class ClosedReleaseGate:
+    """A gate with no releases: every login fails alike (until releases are wired in)."""
+
+    def authenticate(self, username: str, password: str, source_address: str) -> ReleaseSession | None:
+        """Refuse everyone."""
+        return None
+
+    def list_files(self, session: ReleaseSession) -> list[ReleasedFile]:
+        """Nothing to list."""
+        return []
+
+    def open_file(self, session: ReleaseSession, recording_id: str) -> RecordingReader:
+        """Nothing to open."""
+        raise FileNotFoundError(recording_id)
+
+    def file_completed(self, session: ReleaseSession, recording_id: str) -> None:
+        """Nothing completes."""
+
+    def session_closed(self, session: ReleaseSession) -> None:
+        """Nothing to clean up."""
+
+
+@dataclass
+class RunningServer:
+    """A started node: its gateway, HTTP runner and SFTP server, with the real bound ports."""
+
+    gateway: Gateway
+    runner: web.AppRunner
+    sftp: SftpServer
+    http_port: int
+
+    @property
+    def sftp_port(self) -> int:
+        """The SFTP server's bound port."""
+        return self.sftp.bound_port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        scheme = "https" if self.gateway.settings.server.tls_cert else "http"
+        return f"{scheme}://{self.gateway.settings.server.http_host}:{self.http_port}"
+
+    async def stop(self) -> None:
+        """Stop SFTP, then HTTP, then close backends."""
+        await asyncio.to_thread(self.sftp.stop)
+        await self.runner.cleanup()
+        self.gateway.close()
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key or None)
+    return context
+
+
+async def start_server(
+    settings: Settings, clock: Clock | None = None, gate: ReleaseGate | None = None
+) -> RunningServer:
+    """Open backends and start both listeners; ports 0 in settings pick free ports."""
+    gateway = await asyncio.to_thread(build_gateway, settings, clock)
+    app = create_app(gateway)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        settings.server.http_host,
+        settings.server.http_port,
+        ssl_context=_tls_context(settings),
+        backlog=1024,
+    )
+    await site.start()
+    http_port = int(runner.addresses[0][1])
+    sftp = SftpServer(
+        settings.server.sftp_host,
+        settings.server.sftp_port,
+        load_host_key(gateway.layout),
+        gate or ClosedReleaseGate(),
+    )
+    await asyncio.to_thread(sftp.start)
+    return RunningServer(gateway, runner, sftp, http_port)
+
+
+def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        server = await start_server(settings)
+        log.info("HTTP API on %s", server.url)
+        log.info("SFTP on %s:%d", settings.server.sftp_host, server.sftp_port)
+        print(
+            f"telgate serving HTTP on {server.url} and SFTP on {settings.server.sftp_host}:{server.sftp_port}",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await server.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,91 @@
+"""Every admin endpoint refuses the roles it should (and anonymous callers), and allows the rest.
+
+The expected table is written out here by hand, independent of ``gateway.rbac``: a change of policy
+must change this file too. A second test fails when an endpoint is added without a row here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.api import ADMIN_ROUTES
+from gateway.server import RunningServer
+from tests.conftest import add_operator, auth, login
+
+ALL = {"dpo", "tech_manager", "manager", "auditor"}
+
+# (method, path, body, roles allowed)
+EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
+    ("GET", "/v1/admin/whoami", None, ALL),
+    ("GET", "/v1/admin/operators", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/operators", {"name": "newbie", "role": "manager"}, {"dpo"}),
+    ("POST", "/v1/admin/operators/target/disable", None, {"dpo"}),
+    ("GET", "/v1/admin/audit", None, {"dpo", "tech_manager", "auditor"}),
+    ("GET", "/v1/admin/audit/verify", None, {"dpo", "tech_manager", "auditor"}),
+    ("GET", "/v1/admin/settings", None, {"dpo", "tech_manager"}),
+]
+
+
+def test_every_admin_route_is_in_the_table() -> None:
+    declared = {(route.method, route.path) for route in ADMIN_ROUTES}
+    tabled = {(method, path.replace("/target/", "/{name}/")) for method, path, _, _ in EXPECTED}
+    assert declared == tabled
+
+
+@pytest.fixture
+async def role_tokens(http: aiohttp.ClientSession, node: RunningServer, dpo_token: str) -> dict[str, str]:
+    tokens = {"dpo": dpo_token}
+    for role in sorted(ALL - {"dpo"}):
+        password = await add_operator(http, node, dpo_token, f"op-{role.replace('_', '-')}", role)
+        tokens[role] = await login(http, node, f"op-{role.replace('_', '-')}", password)
+    return tokens
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), EXPECTED)
+async def test_route_checks_roles(
+    http: aiohttp.ClientSession,
+    node: RunningServer,
+    dpo_token: str,
+    role_tokens: dict[str, str],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    allowed: set[str],
+) -> None:
+    async with http.request(method, node.url + path, json=body) as response:
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "unauthenticated"
+    async with http.request(method, node.url + path, json=body, headers=auth("tgs_forged")) as response:
+        assert response.status == 401
+    if "/target/" in path:
+        await add_operator(http, node, dpo_token, "target", "manager")
+    for role, token in role_tokens.items():
+        if body is not None and "name" in body:  # a fresh name per call, so success is not a conflict
+            body = {**body, "name": f"newbie-{role.replace('_', '-')}"}
+        async with http.request(method, node.url + path, json=body, headers=auth(token)) as response:
+            payload = await response.json()
+            if role in allowed:
+                assert response.status in (200, 201), (role, path, payload)
+            else:
+                assert response.status == 403, (role, path, payload)
+                assert payload["error"]["code"] == "forbidden"
+
+
+async def test_disabled_operator_loses_session(
+    http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
+) -> None:
+    password = await add_operator(http, node, dpo_token, "leaver", "manager")
+    token = await login(http, node, "leaver", password)
+    async with http.post(
+        f"{node.url}/v1/admin/operators/leaver/disable", headers=auth(dpo_token)
+    ) as response:
+        assert response.status == 200
+    async with http.get(f"{node.url}/v1/admin/whoami", headers=auth(token)) as response:
+        assert response.status == 401
+    async with http.post(
+        f"{node.url}/v1/auth/login", json={"user": "leaver", "password": password}
+    ) as response:
+        assert response.status == 401
