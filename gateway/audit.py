@@ -159,13 +159,9 @@ class AuditTrail:
         )
         mac = self._head_mac(seq, entry_hash)
         if head:
-            tx.execute(
-                "UPDATE audit_head SET seq = ?, hash = ?, mac = ? WHERE id = 1", (seq, entry_hash, mac)
-            )
+            tx.execute("UPDATE audit_head SET seq = ?, hash = ?, mac = ? WHERE id = 1", (seq, entry_hash, mac))
         else:
-            tx.execute(
-                "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)", (seq, entry_hash, mac)
-            )
+            tx.execute("INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)", (seq, entry_hash, mac))
         return seq
 
     def entries(self, since: datetime | None = None, limit: int | None = None) -> Iterator[AuditEntry]:

@@ -9,82 +9,27 @@ admin API, authenticated by the session that ``telgate login`` saved. Every comm
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from gateway.client import AdminClient, StoredSession
-from gateway.errors import TelgateError, describe
-from gateway.rbac import OPERATOR_ROLES
-from gateway.settings import Settings, describe_settings, load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
-
-
-def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
-    """Print ``document`` as JSON, or call ``human`` to print tables."""
-    if as_json:
-        click.echo(json.dumps(document, indent=2, default=str))
-    else:
-        human()
-
-
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a rich table."""
-    grid = Table(title=title, title_justify="left")
-    for column in columns:
-        grid.add_column(column)
-    for row in rows:
-        grid.add_row(*["" if cell is None else str(cell) for cell in row])
-    out.print(grid)
-
-
-def handle_errors(func: F) -> F:
-    """Turn telgate errors into a message on stderr and the mapped exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except TelgateError as exc:
-            as_json = bool(kwargs.get("as_json"))
-            if as_json:
-                click.echo(
-                    json.dumps({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
-                )
-            else:
-                err.print(f"[red]error:[/red] {exc.message}")
-            sys.exit(describe(exc).exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-config_option = click.option(
-    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Settings file (TOML)."
+from gateway import cli_principals
+from gateway.cli_common import (
+    api,
+    config_option,
+    emit,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    settings_from,
+    table,
 )
-
-
-def settings_from(config_file: Path | None, data: Path | None = None) -> Settings:
-    """Load settings, with ``--data`` overriding the data directory."""
-    overrides = {"server": {"data_dir": str(data)}} if data is not None else None
-    return load_settings(config_file, overrides=overrides)
-
-
-def api() -> AdminClient:
-    """A client for the server the operator logged in to."""
-    session = StoredSession.load()
-    return AdminClient(session.url, session.token)
+from gateway.client import AdminClient, StoredSession
+from gateway.rbac import OPERATOR_ROLES
+from gateway.settings import describe_settings
 
 
 @click.group(
@@ -100,9 +45,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--data", type=click.Path(path_type=Path, file_okay=False), help="Data directory (default ./var)."
-)
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="Data directory (default ./var).")
 @config_option
 @json_option
 @handle_errors
@@ -139,9 +82,7 @@ def init(data: Path | None, config_file: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-@click.option(
-    "--data", type=click.Path(path_type=Path, file_okay=False), help="Data directory (default ./var)."
-)
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="Data directory (default ./var).")
 @handle_errors
 def serve(config_file: Path | None, data: Path | None) -> None:
     """Run the HTTP ingest/admin API and the SFTP release server until SIGTERM or SIGINT.
@@ -228,7 +169,12 @@ def operator() -> None:
 
 @operator.command("add")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(sorted(role.value for role in OPERATOR_ROLES)), help="The operator's role.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(sorted(role.value for role in OPERATOR_ROLES)),
+    help="The operator's role.",
+)
 @json_option
 @handle_errors
 def operator_add(name: str, role: str, as_json: bool) -> None:
@@ -254,9 +200,7 @@ def operator_add(name: str, role: str, as_json: bool) -> None:
 def operator_list(as_json: bool) -> None:
     """List operators."""
     answer = api().request("GET", "/v1/admin/operators")
-    rows = [
-        (o["name"], o["role"], "yes" if o["disabled"] else "", o["created_at"]) for o in answer["operators"]
-    ]
+    rows = [(o["name"], o["role"], "yes" if o["disabled"] else "", o["created_at"]) for o in answer["operators"]]
     emit(as_json, answer, lambda: table("operators", ["name", "role", "disabled", "created"], rows))
 
 
@@ -289,9 +233,7 @@ def audit_verify(as_json: bool) -> None:
         if report["ok"]:
             out.print(f"audit trail intact: {report['entries']} entries")
         else:
-            err.print(
-                f"[red]audit trail BROKEN at entry {report['first_bad_seq']}:[/red] {report['problem']}"
-            )
+            err.print(f"[red]audit trail BROKEN at entry {report['first_bad_seq']}:[/red] {report['problem']}")
 
     emit(as_json, report, human)
     if not report["ok"]:
@@ -300,9 +242,7 @@ def audit_verify(as_json: bool) -> None:
 
 @audit.command("export")
 @click.option("--since", help="ISO date or time, e.g. 2026-01-01 or 2026-01-01T00:00:00+00:00.")
-@click.option(
-    "--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON to a file."
-)
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON to a file.")
 @json_option
 @handle_errors
 def audit_export(since: str | None, out_file: Path | None, as_json: bool) -> None:
@@ -332,7 +272,10 @@ def audit_export(since: str | None, out_file: Path | None, as_json: bool) -> Non
     emit(
         as_json,
         answer,
-        lambda: table(
-            "audit", ["seq", "at", "actor", "role", "action", "object", "outcome", "source", "reason"], rows
-        ),
+        lambda: table("audit", ["seq", "at", "actor", "role", "action", "object", "outcome", "source", "reason"], rows),
     )
+
+
+# Domain command groups live in their own modules.
+main.add_command(cli_principals.customer)
+main.add_command(cli_principals.pbx)

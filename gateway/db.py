@@ -168,8 +168,12 @@ class SqliteDatabase:
             self._conn.close()
 
 
-# Versioned migrations: (version, statements). Never edit a released one; append a new version.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+# Versioned migrations per component: (version, statements). Never edit a released one; append a new
+# version. Each domain module (operators/audit here; pbx, vault, ingest, releases in their own modules)
+# owns its component's list, so parallel work never edits the same list.
+Migrations = list[tuple[int, list[str]]]
+
+CORE_MIGRATIONS: Migrations = [
     (
         1,
         [
@@ -223,31 +227,32 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 
 
-def migrate(db: Database, migrations: list[tuple[int, list[str]]] = MIGRATIONS) -> int:
-    """Apply every migration newer than the database's version; returns the resulting version."""
+def migrate(db: Database, component: str = "core", migrations: Migrations = CORE_MIGRATIONS) -> int:
+    """Apply every migration of ``component`` newer than the database's; returns the resulting version."""
     with db.transaction() as tx:
-        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = tx.fetch_one("SELECT MAX(version) AS v FROM schema_version")
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT NOT NULL, version INTEGER NOT NULL,"
+            " PRIMARY KEY (component, version))"
+        )
+        row = tx.fetch_one("SELECT MAX(version) AS v FROM schema_version WHERE component = ?", (component,))
         current = int(row["v"]) if row and row["v"] is not None else 0
         for version, statements in migrations:
             if version <= current:
                 continue
             for statement in statements:
                 tx.execute(statement)
-            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            tx.execute("INSERT INTO schema_version (component, version) VALUES (?, ?)", (component, version))
             current = version
     return current
 
 
 def open_database(url: str) -> SqliteDatabase:
-    """Open (and migrate) the metadata database named by ``url``."""
+    """Open the metadata database named by ``url`` (``gateway.wiring`` migrates it)."""
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite":
         if not rest.startswith("///"):
             raise ConfigError(f"metadata URL must look like sqlite:///PATH, got {url!r}")
-        db = SqliteDatabase(Path(rest[3:]))
-        migrate(db)
-        return db
+        return SqliteDatabase(Path(rest[3:]))
     if scheme == "postgresql":
         raise ConfigError("the PostgreSQL metadata backend is not available in this release yet")
     raise ConfigError(f"unknown metadata URL scheme {scheme!r}")

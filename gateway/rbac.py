@@ -36,6 +36,10 @@ PERMISSIONS: Final[dict[str, frozenset[Role]]] = {
     "audit.read": frozenset({Role.DPO, Role.TECH_MANAGER, Role.AUDITOR}),
     "audit.verify": frozenset({Role.DPO, Role.TECH_MANAGER, Role.AUDITOR}),
     "settings.read": _GOVERNORS,
+    "customer.manage": _GOVERNORS,
+    "customer.list": _GOVERNORS,
+    "pbx.manage": _GOVERNORS,
+    "pbx.list": _GOVERNORS,
 }
 
 

@@ -95,9 +95,7 @@ class LoginThrottle:
                 "SELECT failures, window_start, banned_until FROM login_failures WHERE scope = ? AND source = ?",
                 (scope, source),
             )
-            ban_over = (
-                row is not None and row["banned_until"] is not None and now >= parse_utc(row["banned_until"])
-            )
+            ban_over = row is not None and row["banned_until"] is not None and now >= parse_utc(row["banned_until"])
             if row is None or ban_over or now - parse_utc(row["window_start"]) > self._window:
                 failures, window_start = 1, now
             else:

@@ -15,13 +15,13 @@ import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
-from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate, ReleaseSession, SftpServer
 
 from gateway.api import create_app
 from gateway.audit import Clock
 from gateway.datadir import load_host_key
 from gateway.settings import Settings
 from gateway.wiring import Gateway, build_gateway
+from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate, ReleaseSession, SftpServer
 
 log = logging.getLogger("telgate.server")
 

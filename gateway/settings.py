@@ -125,9 +125,7 @@ class Settings:
         return self.metadata.url or f"sqlite:///{self.data_dir / 'telgate.sqlite'}"
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    f.name: get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
-}
+_SECTIONS: dict[str, type[Any]] = {f.name: get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -254,9 +252,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("setting security.login_max_failures: must be at least 1")
     scheme = settings.metadata_url.split(":", 1)[0]
     if scheme not in {"sqlite", "postgresql"}:
-        raise ConfigError(
-            f"setting metadata.url: unknown scheme {scheme!r} (use sqlite:/// or postgresql://)"
-        )
+        raise ConfigError(f"setting metadata.url: unknown scheme {scheme!r} (use sqlite:/// or postgresql://)")
 
 
 def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:

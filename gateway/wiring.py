@@ -8,15 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import principals
 from gateway.audit import AuditTrail, Clock
 from gateway.clock import SystemClock
 from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
-from gateway.db import Database, open_database
+from gateway.db import CORE_MIGRATIONS, Database, Migrations, migrate, open_database
 from gateway.errors import ConfigError
 from gateway.operators import OperatorStore
+from gateway.principals import PrincipalStore
 from gateway.rbac import Role
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
+
+# Every component's schema, migrated in this order at start-up.
+COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
+    ("core", CORE_MIGRATIONS),
+    ("principals", principals.MIGRATIONS),
+]
 
 FIRST_DPO = "dpo"
 SYSTEM_ACTOR = "system"
@@ -34,6 +42,7 @@ class Gateway:
     operators: OperatorStore
     audit: AuditTrail
     login_throttle: LoginThrottle
+    principals: PrincipalStore
 
     def close(self) -> None:
         """Release backends."""
@@ -47,10 +56,10 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     if not layout.audit_key.exists():
         raise ConfigError(f"data directory {layout.root} is not initialised: run `telgate init` first")
     db = open_database(settings.metadata_url)
+    for component, migrations in COMPONENT_MIGRATIONS:
+        migrate(db, component, migrations)
     security = settings.security
-    hashing = PasswordHashing(
-        security.argon2_time_cost, security.argon2_memory_kib, security.argon2_parallelism
-    )
+    hashing = PasswordHashing(security.argon2_time_cost, security.argon2_memory_kib, security.argon2_parallelism)
     return Gateway(
         settings=settings,
         clock=clock,
@@ -65,6 +74,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
             window=security.login_failure_window,
             ban=security.login_ban,
         ),
+        principals=PrincipalStore(db),
     )
 
 

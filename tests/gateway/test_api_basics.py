@@ -25,9 +25,7 @@ async def test_health_ready_metrics(http: aiohttp.ClientSession, node: RunningSe
         assert "telgate_http_requests_total" in text
 
 
-async def test_error_shape_is_one_shape(
-    http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
-) -> None:
+async def test_error_shape_is_one_shape(http: aiohttp.ClientSession, node: RunningServer, dpo_token: str) -> None:
     cases = [
         ("GET", "/v1/nowhere", None, 404),
         ("POST", "/v1/auth/login", b"not json", 400),
@@ -66,14 +64,10 @@ async def test_failed_logins_lock_out_the_address_and_are_audited(
 ) -> None:
     limit = settings.security.login_max_failures
     for _ in range(limit):
-        async with http.post(
-            f"{node.url}/v1/auth/login", json={"user": "dpo", "password": "wrong"}
-        ) as response:
+        async with http.post(f"{node.url}/v1/auth/login", json={"user": "dpo", "password": "wrong"}) as response:
             assert response.status == 401
     # Banned now: even the right password is refused, with Retry-After.
-    async with http.post(
-        f"{node.url}/v1/auth/login", json={"user": "dpo", "password": dpo_password}
-    ) as response:
+    async with http.post(f"{node.url}/v1/auth/login", json={"user": "dpo", "password": dpo_password}) as response:
         assert response.status == 429
         assert int(response.headers["Retry-After"]) > 0
     clock.advance(settings.security.login_ban + timedelta(seconds=1))

@@ -16,16 +16,22 @@ from gateway.server import RunningServer
 from tests.conftest import add_operator, auth, login
 
 ALL = {"dpo", "tech_manager", "manager", "auditor"}
+UNIQUE = "<unique>"  # replaced by a fresh name per call, so an allowed call never conflicts
 
 # (method, path, body, roles allowed)
 EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/admin/whoami", None, ALL),
     ("GET", "/v1/admin/operators", None, {"dpo", "tech_manager"}),
-    ("POST", "/v1/admin/operators", {"name": "newbie", "role": "manager"}, {"dpo"}),
+    ("POST", "/v1/admin/operators", {"name": UNIQUE, "role": "manager"}, {"dpo"}),
     ("POST", "/v1/admin/operators/target/disable", None, {"dpo"}),
     ("GET", "/v1/admin/audit", None, {"dpo", "tech_manager", "auditor"}),
     ("GET", "/v1/admin/audit/verify", None, {"dpo", "tech_manager", "auditor"}),
     ("GET", "/v1/admin/settings", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/customers", {"tenant": UNIQUE, "name": "Acme"}, {"dpo", "tech_manager"}),
+    ("GET", "/v1/admin/customers", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/pbxs", {"name": UNIQUE, "tenant": "base"}, {"dpo", "tech_manager"}),
+    ("GET", "/v1/admin/pbxs", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/pbxs/target/revoke", None, {"dpo", "tech_manager"}),
 ]
 
 
@@ -37,6 +43,14 @@ def test_every_admin_route_is_in_the_table() -> None:
 
 @pytest.fixture
 async def role_tokens(http: aiohttp.ClientSession, node: RunningServer, dpo_token: str) -> dict[str, str]:
+    # Objects the routes act on: an operator, a customer and a PBX all named for the routes' paths.
+    await add_operator(http, node, dpo_token, "target", "manager")
+    for path, body in (
+        ("/v1/admin/customers", {"tenant": "base", "name": "Base"}),
+        ("/v1/admin/pbxs", {"name": "target", "tenant": "base"}),
+    ):
+        async with http.post(node.url + path, json=body, headers=auth(dpo_token)) as response:
+            assert response.status == 201, await response.text()
     tokens = {"dpo": dpo_token}
     for role in sorted(ALL - {"dpo"}):
         password = await add_operator(http, node, dpo_token, f"op-{role.replace('_', '-')}", role)
@@ -60,12 +74,9 @@ async def test_route_checks_roles(
         assert (await response.json())["error"]["code"] == "unauthenticated"
     async with http.request(method, node.url + path, json=body, headers=auth("tgs_forged")) as response:
         assert response.status == 401
-    if "/target/" in path:
-        await add_operator(http, node, dpo_token, "target", "manager")
     for role, token in role_tokens.items():
-        if body is not None and "name" in body:  # a fresh name per call, so success is not a conflict
-            body = {**body, "name": f"newbie-{role.replace('_', '-')}"}
-        async with http.request(method, node.url + path, json=body, headers=auth(token)) as response:
+        fresh = {k: f"new-{role.replace('_', '-')}" if v == UNIQUE else v for k, v in (body or {}).items()}
+        async with http.request(method, node.url + path, json=fresh or None, headers=auth(token)) as response:
             payload = await response.json()
             if role in allowed:
                 assert response.status in (200, 201), (role, path, payload)
@@ -79,13 +90,9 @@ async def test_disabled_operator_loses_session(
 ) -> None:
     password = await add_operator(http, node, dpo_token, "leaver", "manager")
     token = await login(http, node, "leaver", password)
-    async with http.post(
-        f"{node.url}/v1/admin/operators/leaver/disable", headers=auth(dpo_token)
-    ) as response:
+    async with http.post(f"{node.url}/v1/admin/operators/leaver/disable", headers=auth(dpo_token)) as response:
         assert response.status == 200
     async with http.get(f"{node.url}/v1/admin/whoami", headers=auth(token)) as response:
         assert response.status == 401
-    async with http.post(
-        f"{node.url}/v1/auth/login", json={"user": "leaver", "password": password}
-    ) as response:
+    async with http.post(f"{node.url}/v1/auth/login", json={"user": "leaver", "password": password}) as response:
         assert response.status == 401

@@ -23,9 +23,7 @@ def trail(tmp_path: Path) -> Iterator[tuple[AuditTrail, Path]]:
     trail = AuditTrail(db, b"k" * 32, clock)
     for index in range(1, 8):
         clock.advance(timedelta(seconds=1))
-        trail.append(
-            actor=f"op{index}", role="dpo", action="test.step", object=f"obj{index}", reason=f"r{index}"
-        )
+        trail.append(actor=f"op{index}", role="dpo", action="test.step", object=f"obj{index}", reason=f"r{index}")
     yield trail, path
     db.close()
 
@@ -47,9 +45,7 @@ def test_intact_chain_verifies(trail: tuple[AuditTrail, Path]) -> None:
 
 @pytest.mark.parametrize("column", ["actor", "role", "action", "object", "reason", "outcome", "source", "at"])
 @pytest.mark.parametrize("seq", [1, 4, 7])
-def test_altering_any_field_of_any_entry_is_detected(
-    trail: tuple[AuditTrail, Path], column: str, seq: int
-) -> None:
+def test_altering_any_field_of_any_entry_is_detected(trail: tuple[AuditTrail, Path], column: str, seq: int) -> None:
     value = "2020-01-01T00:00:00.000000Z" if column == "at" else "forged"
     tamper(trail[1], f"UPDATE audit SET {column} = '{value}' WHERE seq = {seq}")  # noqa: S608 - test's own values
     report = trail[0].verify()

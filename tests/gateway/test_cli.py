@@ -26,7 +26,7 @@ FAST_ENV = {
 
 def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI synchronously (for commands that need no server)."""
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [TELGATE, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
     )
 
@@ -117,13 +117,17 @@ def free_port() -> int:
 
 def test_serve_answers_http_and_ssh_then_stops_on_sigterm(tmp_path: Path) -> None:
     http_port, sftp_port = free_port(), free_port()
-    env = cli_env(tmp_path / "cli") | FAST_ENV | {
-        "TELGATE_SERVER_HTTP_PORT": str(http_port),
-        "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
-    }
+    env = (
+        cli_env(tmp_path / "cli")
+        | FAST_ENV
+        | {
+            "TELGATE_SERVER_HTTP_PORT": str(http_port),
+            "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
+        }
+    )
     data = tmp_path / "var"
     assert run(["init", "--data", str(data)], env).returncode == 0
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [TELGATE, "serve", "--data", str(data)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
@@ -132,7 +136,7 @@ def test_serve_answers_http_and_ssh_then_stops_on_sigterm(tmp_path: Path) -> Non
         assert f"127.0.0.1:{http_port}" in line, line
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as response:
             assert response.status == 200
         with socket.create_connection(("127.0.0.1", sftp_port), timeout=10) as ssh:
             assert ssh.recv(64).startswith(b"SSH-2.0-")
@@ -162,7 +166,8 @@ async def test_operator_commands_end_to_end(tmp_path: Path, node: RunningServer,
     code, out, _ = await arun(["operator", "list", "--json"], env)
     assert {o["name"] for o in json.loads(out)["operators"]} == {"dpo", "alice"}
     code, out, _ = await arun(["operator", "list"], env)
-    assert "alice" in out and "manager" in out  # a human table
+    assert "alice" in out  # a human table
+    assert "manager" in out
 
     code, _, err = await arun(["operator", "add", "alice", "--role", "manager"], env)
     assert code == 65, err  # conflict: bad input

@@ -1,0 +1,180 @@
+"""What every HTTP route module shares: app keys, the admin-route registry, auth and errors.
+
+Every admin route is declared with ``@admin_route(method, path, permission)``; the wrapper
+authenticates the bearer token and checks the role server-side before the handler runs.
+``ADMIN_ROUTES`` lists them all so that a test can prove each refuses the roles it should.
+Errors of any package become the one JSON shape ``{error: {code, message, details}}`` in
+``error_middleware``, with the status from ``gateway.errors.ERROR_TABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.errors import (
+    AuthenticationError,
+    BadRequestError,
+    OverloadedError,
+    RateLimitedError,
+    TelgateError,
+    describe,
+    error_body,
+    error_code,
+)
+from gateway.operators import Operator
+from gateway.rbac import check
+from gateway.wiring import Gateway
+
+log = logging.getLogger("telgate.http")
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AdminHandler = Callable[[web.Request, Operator], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class AdminRoute:
+    """One admin endpoint and the permission it requires."""
+
+    method: str
+    path: str
+    permission: str
+    handler: AdminHandler
+
+
+ADMIN_ROUTES: list[AdminRoute] = []
+
+
+def admin_route(method: str, path: str, permission: str) -> Callable[[AdminHandler], AdminHandler]:
+    """Register an admin endpoint that requires an operator session holding ``permission``."""
+
+    def register(handler: AdminHandler) -> AdminHandler:
+        ADMIN_ROUTES.append(AdminRoute(method, path, permission, handler))
+        return handler
+
+    return register
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "telgate_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "telgate_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry
+        )
+        self.logins = Counter("telgate_logins", "Operator logins by outcome", ["outcome"], registry=self.registry)
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+def source_of(request: web.Request) -> str:
+    """The client's address as seen by this node."""
+    return request.remote or "unknown"
+
+
+def json_error(exc: BaseException) -> web.Response:
+    """The one JSON error shape for ``exc``, with its mapped status."""
+    code = error_code(exc)
+    status = describe(exc).http_status
+    if isinstance(exc, TelgateError):
+        body = error_body(code, exc.message, exc.details)
+    else:
+        message = "internal error" if code == "internal" else str(exc) or code
+        body = error_body(code, message)
+    response = web.json_response(body, status=status)
+    if isinstance(exc, RateLimitedError | OverloadedError):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, AuthenticationError):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="telgate"'
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to the JSON error shape and count the request."""
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    with metrics.latency.labels(route).time():
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                response = web.json_response(
+                    error_body("bad_request" if exc.status < 500 else "internal", exc.reason),
+                    status=exc.status,
+                )
+                if exc.status == 405:
+                    response = web.json_response(error_body("method_not_allowed", exc.reason), status=405)
+                elif exc.status == 404:
+                    response = web.json_response(error_body("not_found", "no such endpoint"), status=404)
+            else:
+                raise
+        except TelgateError as exc:
+            response = json_error(exc)
+        except Exception as exc:
+            if error_code(exc) == "internal":
+                log.exception("unhandled error on %s %s", request.method, request.path)
+            response = json_error(exc)
+    metrics.requests.labels(route, str(response.status)).inc()
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400."""
+    if request.content_type != "application/json":
+        raise BadRequestError("send a JSON object with Content-Type: application/json")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequestError("the body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("the body must be a JSON object")
+    return body
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def current_operator(request: web.Request) -> Operator:
+    """The operator behind the request's session token, or a 401."""
+    gw = request.app[GATEWAY]
+    token = bearer_token(request)
+    if token is None:
+        raise AuthenticationError()
+    operator = await asyncio.to_thread(gw.operators.resolve_session, token, gw.clock.now())
+    if operator is None:
+        raise AuthenticationError("session expired or invalid: run `telgate login`")
+    return operator
+
+
+def admin_handler(route: AdminRoute) -> Handler:
+    """The aiohttp handler that authenticates, checks the permission, then runs the route."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        operator = await current_operator(request)
+        check(operator.role, route.permission)
+        return await route.handler(request, operator)
+
+    return handle
