@@ -23,6 +23,8 @@ from typing import Any, Protocol
 from gateway.db import Database, Transaction, parse_utc, utc_text
 
 GENESIS = "0" * 64
+_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+_HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
 _FORBIDDEN_DETAIL_KEYS = ("password", "token", "secret", "key_material", "number", "phone")
 
 
@@ -125,7 +127,8 @@ class AuditTrail:
         source: str,
         details: dict[str, Any],
     ) -> int:
-        head = tx.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
+        # PostgreSQL: lock the head row so concurrent nodes chain in turn; SQLite holds the write lock already.
+        head = tx.fetch_one(_HEAD_FOR_UPDATE if tx.dialect == "postgresql" else _HEAD)
         seq, prev_hash = (int(head["seq"]) + 1, str(head["hash"])) if head else (1, GENESIS)
         at = utc_text(self._clock.now())
         fields = {

@@ -5,6 +5,10 @@ against ``Database`` in portable SQL with ``?`` placeholders; each backend adapt
 The backend is picked by URL scheme (``open_database``). Every method is blocking: the aiohttp side
 calls repositories through ``asyncio.to_thread``; paramiko threads call them directly.
 
+Backends: ``SqliteDatabase`` (``sqlite:///PATH``, the embedded default) and ``PostgresDatabase``
+(``postgresql://...``, for many nodes). Portable SQL: ``?`` placeholders, ``INSERT ... ON CONFLICT``,
+``INTEGER`` (BIGINT in PostgreSQL), ``BLOB`` (BYTEA), timestamps as fixed-width UTC text.
+
 Errors: any driver error leaves this module as ``BackendUnavailableError`` (or ``ConflictError`` for a
 uniqueness violation), so no third-party exception escapes.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,6 +36,8 @@ Params = Sequence[Any]
 
 class Transaction(Protocol):
     """Statements run inside one database transaction."""
+
+    dialect: str
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; returns the number of rows changed."""
@@ -73,6 +80,8 @@ def parse_utc(text: str) -> datetime:
 
 
 class _SqliteTransaction:
+    dialect = "sqlite"
+
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
 
@@ -246,13 +255,96 @@ def migrate(db: Database, component: str = "core", migrations: Migrations = CORE
     return current
 
 
-def open_database(url: str) -> SqliteDatabase:
+def _postgres_sql(sql: str) -> str:
+    """Adapt portable SQL (``?`` placeholders, SQLite type names) to PostgreSQL."""
+    adapted = sql.replace("?", "%s")
+    adapted = re.sub(r"\bBLOB\b", "BYTEA", adapted)
+    return re.sub(r"\bINTEGER\b", "BIGINT", adapted)
+
+
+class _PostgresTransaction:
+    dialect = "postgresql"
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        self._cursor.execute(_postgres_sql(sql), tuple(params))
+        return int(self._cursor.rowcount)
+
+    def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        self._cursor.execute(_postgres_sql(sql), tuple(params))
+        row = self._cursor.fetchone()
+        return _pg_row(row) if row is not None else None
+
+    def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        self._cursor.execute(_postgres_sql(sql), tuple(params))
+        return [_pg_row(row) for row in self._cursor.fetchall()]
+
+
+def _pg_row(row: dict[str, Any]) -> Row:
+    # BYTEA comes back as memoryview; the repositories expect bytes, as from SQLite.
+    return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
+
+
+class PostgresDatabase:
+    """PostgreSQL through psycopg 3, for many gateway nodes sharing one metadata store."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError as exc:
+            raise ConfigError(
+                "the PostgreSQL backend needs the 'postgres' extra: pip install telgate[postgres]"
+            ) from exc
+        self._psycopg = psycopg
+        self._lock = threading.RLock()
+        try:
+            self._conn = psycopg.connect(url, row_factory=dict_row, autocommit=True)
+        except psycopg.Error as exc:
+            raise BackendUnavailableError("cannot connect to the PostgreSQL metadata store") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One transaction on the node's connection."""
+        psycopg = self._psycopg
+        with self._lock:
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cursor:
+                    yield _PostgresTransaction(cursor)
+            except psycopg.errors.UniqueViolation as exc:
+                raise ConflictError("the object already exists or is still referenced") from exc
+            except psycopg.errors.ForeignKeyViolation as exc:
+                raise ConflictError("the object is still referenced") from exc
+            except psycopg.Error as exc:
+                raise BackendUnavailableError("metadata store error") from exc
+
+    def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        """Run a read outside an explicit transaction."""
+        with self.transaction() as tx:
+            return tx.fetch_one(sql, params)
+
+    def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run a read outside an explicit transaction."""
+        with self.transaction() as tx:
+            return tx.fetch_all(sql, params)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def open_database(url: str) -> SqliteDatabase | PostgresDatabase:
     """Open the metadata database named by ``url`` (``gateway.wiring`` migrates it)."""
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite":
         if not rest.startswith("///"):
             raise ConfigError(f"metadata URL must look like sqlite:///PATH, got {url!r}")
         return SqliteDatabase(Path(rest[3:]))
-    if scheme == "postgresql":
-        raise ConfigError("the PostgreSQL metadata backend is not available in this release yet")
+    if scheme in {"postgresql", "postgres"}:
+        return PostgresDatabase(url)
     raise ConfigError(f"unknown metadata URL scheme {scheme!r}")
