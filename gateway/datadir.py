@@ -7,6 +7,7 @@
       secrets/                0700
         audit.key             0600  HMAC key of the audit chain
         pepper.key            0600  HMAC key for subject-token lookups
+        subjects.key          0600  seals subjects' numbers for re-identification
         ssh_host_ecdsa_key    0600  SFTP host key
       lake/                   0700  Iceberg catalog and warehouse
       vault/                  0700  encrypted recordings
@@ -45,6 +46,11 @@ class DataLayout:
     def pepper(self) -> Path:
         """HMAC key for number lookups."""
         return self.secrets / "pepper.key"
+
+    @property
+    def subjects_key(self) -> Path:
+        """Key sealing subjects' numbers for re-identification (DSAR, audited search)."""
+        return self.secrets / "subjects.key"
 
     @property
     def host_key(self) -> Path:
@@ -110,7 +116,7 @@ def init_layout(layout: DataLayout) -> InitReport:
     for directory in (layout.root, layout.secrets, layout.lake, layout.vault):
         if ensure_dir(directory):
             report.created.append(str(directory))
-    for path in (layout.audit_key, layout.pepper):
+    for path in (layout.audit_key, layout.pepper, layout.subjects_key):
         if write_new_secret(path, secrets.token_bytes(32)):
             report.created.append(str(path))
     if not layout.host_key.exists():

@@ -159,6 +159,7 @@ ERROR_TABLE: Final[dict[str, ErrorMapping]] = {
     "vault.key_not_found": ErrorMapping(500, 1, SFTP_FAILURE),
     "vault.keyring": ErrorMapping(500, EXIT_CONFIG, SFTP_FAILURE),
     "vault.blob_not_found": ErrorMapping(404, EXIT_NOT_FOUND, SFTP_NO_SUCH_FILE),
+    "vault.blob_exists": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
 }
 
 

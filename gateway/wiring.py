@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import principals
+from gateway import principals, subjects
 from gateway.audit import AuditTrail, Clock
 from gateway.clock import SystemClock
 from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
@@ -19,11 +19,13 @@ from gateway.principals import PrincipalStore
 from gateway.rbac import Role
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
+from gateway.subjects import SqlSubjectTokens
 
 # Every component's schema, migrated in this order at start-up.
 COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
     ("core", CORE_MIGRATIONS),
     ("principals", principals.MIGRATIONS),
+    ("subjects", subjects.MIGRATIONS),
 ]
 
 FIRST_DPO = "dpo"
@@ -43,6 +45,7 @@ class Gateway:
     audit: AuditTrail
     login_throttle: LoginThrottle
     principals: PrincipalStore
+    subjects: SqlSubjectTokens
 
     def close(self) -> None:
         """Release backends."""
@@ -75,6 +78,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
             ban=security.login_ban,
         ),
         principals=PrincipalStore(db),
+        subjects=SqlSubjectTokens(db, read_secret(layout.pepper), read_secret(layout.subjects_key), clock),
     )
 
 

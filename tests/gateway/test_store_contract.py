@@ -150,3 +150,30 @@ def test_binary_values_round_trip(db: Database) -> None:
     big = db.fetch_one("SELECT COUNT(*) AS n FROM blobs_contract WHERE id > ?", (2**40,))
     assert big is not None
     assert big["n"] == 0
+
+
+def test_subject_tokens(db: Database) -> None:
+    from gateway.subjects import SqlSubjectTokens
+
+    tokens = SqlSubjectTokens(db, b"p" * 32, b"s" * 32, FakeClock())
+    first = tokens.token_for("acme", "+447700900123")
+    assert first.startswith("sub_")
+    assert tokens.token_for("acme", "+447700900123") == first
+    other_tenant = tokens.token_for("globex", "+447700900123")
+    assert other_tenant != first
+    many = tokens.tokens_for("acme", ["+447700900123", "+442079460001", "+441632960002"])
+    assert many["+447700900123"] == first
+    assert len(set(many.values())) == 3
+    assert {s.tenant for s in tokens.find("+447700900123")} == {"acme", "globex"}
+    assert tokens.reveal(first) == "+447700900123"
+    dump = repr(db.fetch_all("SELECT * FROM subjects"))
+    assert "7700900123" not in dump
+    with db.transaction() as tx:
+        assert tokens.set_restricted(tx, "+447700900123", True) == 2
+    assert all(s.restricted for s in tokens.find("+447700900123"))
+    with db.transaction() as tx:
+        erased = tokens.erase(tx, "+447700900123", tenant="acme")
+    assert erased == [first]
+    with pytest.raises(NotFoundError):
+        tokens.reveal(first)
+    assert tokens.token_for("acme", "+447700900123") != first  # a new subject, unlinkable to the old rows

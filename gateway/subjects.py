@@ -1,0 +1,159 @@
+"""Subject tokens: the only link between the pseudonymised lake and a real phone number.
+
+Each distinct E.164 number of a tenant maps to a random token (``sub_`` + 128 random bits). The row
+holds ``HMAC(pepper, number)`` for lookup and the number sealed with the vault's envelope recipe for
+re-identification (DSAR export, audited search). Erasure deletes the row: every lake row carrying the
+token becomes unlinkable without rewriting Parquet files. Restriction flags the subject: kept, but
+excluded from exports and releases.
+
+This is the ``ingest.ports.SubjectTokens`` implementation. A small in-process cache keeps ingest off
+the database for numbers it has seen; erasure on this node evicts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.audit import Clock
+from gateway.db import Database, Migrations, Transaction, utc_text
+from gateway.errors import NotFoundError
+from vault.envelope import decrypt_bytes, encrypt_bytes
+
+MIGRATIONS: Migrations = [
+    (
+        1,
+        [
+            """CREATE TABLE subjects (
+                token TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                lookup TEXT NOT NULL,
+                sealed BLOB NOT NULL,
+                restricted INTEGER NOT NULL DEFAULT 0,
+                created_at TEXT NOT NULL,
+                UNIQUE (tenant, lookup)
+            )""",
+            "CREATE INDEX subjects_lookup ON subjects(lookup)",
+        ],
+    ),
+]
+
+_CACHE_SIZE = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """A subject token of one tenant and its flags (never the number itself)."""
+
+    token: str
+    tenant: str
+    restricted: bool
+
+
+class SqlSubjectTokens:
+    """Subject tokens in the metadata store, with a bounded in-process cache."""
+
+    def __init__(self, db: Database, pepper: bytes, sealing_key: bytes, clock: Clock) -> None:
+        if len(pepper) < 32 or len(sealing_key) != 32:
+            raise ValueError("pepper must be >= 32 bytes and the sealing key exactly 32 bytes")
+        self._db = db
+        self._pepper = pepper
+        self._sealing_key = sealing_key
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup_hash(self, e164: str) -> str:
+        """The keyed hash that finds a number's rows without storing it in the clear."""
+        return hmac.new(self._pepper, e164.encode(), hashlib.sha256).hexdigest()
+
+    def token_for(self, tenant: str, e164: str) -> str:
+        """The token of ``e164`` for ``tenant``, created on first sight."""
+        return self.tokens_for(tenant, [e164])[e164]
+
+    def tokens_for(self, tenant: str, numbers: Iterable[str]) -> dict[str, str]:
+        """Tokens for many numbers at once: one transaction for all the new ones."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        with self._lock:
+            for number in set(numbers):
+                token = self._cache.get((tenant, number))
+                if token is None:
+                    missing.append(number)
+                else:
+                    self._cache.move_to_end((tenant, number))
+                    found[number] = token
+        if missing:
+            found.update(self._load_or_create(tenant, missing))
+        return found
+
+    def _load_or_create(self, tenant: str, numbers: list[str]) -> dict[str, str]:
+        lookups = {self.lookup_hash(number): number for number in numbers}
+        now = utc_text(self._clock.now())
+        result: dict[str, str] = {}
+        with self._db.transaction() as tx:
+            for lookup, number in lookups.items():
+                row = tx.fetch_one("SELECT token FROM subjects WHERE tenant = ? AND lookup = ?", (tenant, lookup))
+                if row is not None:
+                    result[number] = str(row["token"])
+                    continue
+                token = "sub_" + secrets.token_hex(16)
+                sealed = encrypt_bytes(number.encode(), self._sealing_key, token)
+                tx.execute(
+                    "INSERT INTO subjects (token, tenant, lookup, sealed, restricted, created_at)"
+                    " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (tenant, lookup) DO NOTHING",
+                    (token, tenant, lookup, sealed, now),
+                )
+                row = tx.fetch_one("SELECT token FROM subjects WHERE tenant = ? AND lookup = ?", (tenant, lookup))
+                assert row is not None
+                result[number] = str(row["token"])
+        with self._lock:
+            for number, token in result.items():
+                self._cache[(tenant, number)] = token
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return result
+
+    def find(self, e164: str, tenant: str | None = None) -> list[Subject]:
+        """Every tenant's token for a number (or one tenant's); empty when unknown or erased."""
+        sql = "SELECT token, tenant, restricted FROM subjects WHERE lookup = ?"
+        params: list[str] = [self.lookup_hash(e164)]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        rows = self._db.fetch_all(sql + " ORDER BY tenant", params)
+        return [Subject(str(r["token"]), str(r["tenant"]), bool(r["restricted"])) for r in rows]
+
+    def reveal(self, token: str) -> str:
+        """The number behind a token (callers audit this)."""
+        row = self._db.fetch_one("SELECT sealed FROM subjects WHERE token = ?", (token,))
+        if row is None:
+            raise NotFoundError("no such subject (erased or never seen)")
+        return decrypt_bytes(bytes(row["sealed"]), self._sealing_key, token).decode()
+
+    def set_restricted(self, tx: Transaction, e164: str, restricted: bool) -> int:
+        """Mark every token of a number restricted (or not); returns how many."""
+        return tx.execute(
+            "UPDATE subjects SET restricted = ? WHERE lookup = ?", (1 if restricted else 0, self.lookup_hash(e164))
+        )
+
+    def erase(self, tx: Transaction, e164: str, tenant: str | None = None) -> list[str]:
+        """Delete the tokens of a number (unlinking its lake rows); returns the erased tokens."""
+        erased = [subject.token for subject in self.find(e164, tenant)]
+        for token in erased:
+            tx.execute("DELETE FROM subjects WHERE token = ?", (token,))
+        with self._lock:
+            for key in [k for k, v in self._cache.items() if v in set(erased)]:
+                del self._cache[key]
+        return erased
+
+    def created_since(self, moment: datetime) -> int:
+        """How many subjects appeared since ``moment`` (metrics)."""
+        row = self._db.fetch_one("SELECT COUNT(*) AS n FROM subjects WHERE created_at >= ?", (utc_text(moment),))
+        return int(row["n"]) if row else 0
