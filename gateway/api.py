@@ -6,15 +6,30 @@ Each ``gateway/routes_*.py`` module declares its admin routes with ``@admin_rout
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from gateway import routes_core, routes_principals
+from gateway import routes_core, routes_ingest, routes_principals, routes_vault
 from gateway.routing import ADMIN_ROUTES, GATEWAY, METRICS, Metrics, admin_handler, error_middleware
 from gateway.wiring import Gateway
 
 __all__ = ["ADMIN_ROUTES", "create_app"]
 
-ROUTE_MODULES = (routes_core, routes_principals)
+ROUTE_MODULES = (routes_core, routes_principals, routes_vault, routes_ingest)
+
+
+async def background_tasks(app: web.Application) -> AsyncIterator[None]:
+    """Start-up: reconcile staging with the lake, then run the flusher until shutdown."""
+    gateway = app[GATEWAY]
+    await asyncio.to_thread(gateway.flusher.reconcile)
+    flusher = asyncio.create_task(gateway.flusher.run(), name="telgate-flusher")
+    yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
 
 
 def create_app(gateway: Gateway) -> web.Application:
@@ -26,4 +41,5 @@ def create_app(gateway: Gateway) -> web.Application:
         module.setup(app)
     for route in ADMIN_ROUTES:
         app.router.add_route(route.method, route.path, admin_handler(route))
+    app.cleanup_ctx.append(background_tasks)
     return app

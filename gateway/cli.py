@@ -10,12 +10,13 @@ admin API, authenticated by the session that ``telgate login`` saved. Every comm
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from gateway import cli_principals
+from gateway import cli_principals, cli_vault
 from gateway.cli_common import (
     api,
     config_option,
@@ -39,6 +40,7 @@ from gateway.settings import describe_settings
 @click.version_option(package_name="telgate")
 def main() -> None:
     """telgate: data-protection gateway for telephony call data."""
+    os.umask(0o077)  # everything telgate creates (lake files included) is private to its user
 
 
 # --- local node ----------------------------------------------------------------------------------
@@ -279,3 +281,6 @@ def audit_export(since: str | None, out_file: Path | None, as_json: bool) -> Non
 # Domain command groups live in their own modules.
 main.add_command(cli_principals.customer)
 main.add_command(cli_principals.pbx)
+main.add_command(cli_vault.recordings)
+main.add_command(cli_vault.keys)
+main.add_command(cli_vault.vault)

@@ -7,10 +7,12 @@
       secrets/                0700
         audit.key             0600  HMAC key of the audit chain
         pepper.key            0600  HMAC key for subject-token lookups
-        subjects.key          0600  seals subjects' numbers for re-identification
+        sealing.key           0600  seals subjects' numbers and quarantined records
         ssh_host_ecdsa_key    0600  SFTP host key
       lake/                   0700  Iceberg catalog and warehouse
       vault/                  0700  encrypted recordings
+        keyring.json          0600  master keys (versioned) wrapping the recordings' data keys
+        recordings/           0700  encrypted recording blobs
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+
+from vault.keyring import LocalKeyring
 
 SECRET_FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -48,9 +52,9 @@ class DataLayout:
         return self.secrets / "pepper.key"
 
     @property
-    def subjects_key(self) -> Path:
-        """Key sealing subjects' numbers for re-identification (DSAR, audited search)."""
-        return self.secrets / "subjects.key"
+    def sealing_key(self) -> Path:
+        """Key sealing subjects' numbers (for DSAR and audited search) and quarantined records."""
+        return self.secrets / "sealing.key"
 
     @property
     def host_key(self) -> Path:
@@ -66,6 +70,16 @@ class DataLayout:
     def vault(self) -> Path:
         """Encrypted recordings and the master keyring."""
         return self.root / "vault"
+
+    @property
+    def keyring(self) -> Path:
+        """The local master keyring (0600; a single-host key provider)."""
+        return self.vault / "keyring.json"
+
+    @property
+    def recordings(self) -> Path:
+        """The blob store of encrypted recordings."""
+        return self.vault / "recordings"
 
     @property
     def database(self) -> Path:
@@ -116,7 +130,7 @@ def init_layout(layout: DataLayout) -> InitReport:
     for directory in (layout.root, layout.secrets, layout.lake, layout.vault):
         if ensure_dir(directory):
             report.created.append(str(directory))
-    for path in (layout.audit_key, layout.pepper, layout.subjects_key):
+    for path in (layout.audit_key, layout.pepper, layout.sealing_key):
         if write_new_secret(path, secrets.token_bytes(32)):
             report.created.append(str(path))
     if not layout.host_key.exists():
@@ -124,6 +138,9 @@ def init_layout(layout: DataLayout) -> InitReport:
         buffer = _key_text(key)
         if write_new_secret(layout.host_key, buffer.encode()):
             report.created.append(str(layout.host_key))
+    if not layout.keyring.exists():
+        LocalKeyring.create(layout.keyring)  # never overwrites: refuses an existing file
+        report.created.append(str(layout.keyring))
     return report
 
 

@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ class Database(Protocol):
 
     dialect: str
 
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """A context manager yielding a ``Transaction``; commits on success, rolls back on error."""
 
     def fetch_one(self, sql: str, params: Params = ()) -> Row | None:

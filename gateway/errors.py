@@ -152,6 +152,7 @@ ERROR_TABLE: Final[dict[str, ErrorMapping]] = {
     # ingest's tree
     "ingest.unparseable": ErrorMapping(400, EXIT_BAD_INPUT, SFTP_FAILURE),
     "ingest.unsupported_media_type": ErrorMapping(415, EXIT_BAD_INPUT, SFTP_FAILURE),
+    "ingest.record_rejected": ErrorMapping(422, EXIT_BAD_INPUT, SFTP_FAILURE),
     "ingest.lake_unavailable": ErrorMapping(503, EXIT_UNAVAILABLE, SFTP_FAILURE),
     # vault's tree
     "vault.corrupt": ErrorMapping(500, 1, SFTP_FAILURE),
@@ -159,6 +160,11 @@ ERROR_TABLE: Final[dict[str, ErrorMapping]] = {
     "vault.key_not_found": ErrorMapping(500, 1, SFTP_FAILURE),
     "vault.keyring": ErrorMapping(500, EXIT_CONFIG, SFTP_FAILURE),
     "vault.blob_not_found": ErrorMapping(404, EXIT_NOT_FOUND, SFTP_NO_SUCH_FILE),
+    "vault.recording_not_found": ErrorMapping(404, EXIT_NOT_FOUND, SFTP_NO_SUCH_FILE),
+    "vault.recording_shredded": ErrorMapping(404, EXIT_NOT_FOUND, SFTP_NO_SUCH_FILE),
+    "vault.recording_conflict": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
+    "vault.recording_too_large": ErrorMapping(413, EXIT_BAD_INPUT, SFTP_FAILURE),
+    "vault.key_in_use": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
     "vault.blob_exists": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
 }
 

@@ -40,6 +40,11 @@ PERMISSIONS: Final[dict[str, frozenset[Role]]] = {
     "customer.list": _GOVERNORS,
     "pbx.manage": _GOVERNORS,
     "pbx.list": _GOVERNORS,
+    "recordings.list": frozenset({Role.DPO, Role.TECH_MANAGER, Role.MANAGER}),
+    "keys.rotate": _GOVERNORS,
+    "keys.list": _GOVERNORS,
+    "keys.retire": frozenset({Role.DPO}),
+    "vault.verify": _GOVERNORS,
 }
 
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -84,7 +85,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def start_server(
-    settings: Settings, clock: Clock | None = None, gate: ReleaseGate | None = None
+    settings: Settings, clock: Clock | None = None, gate: ReleaseGate[Any] | None = None
 ) -> RunningServer:
     """Open backends and start both listeners; ports 0 in settings pick free ports."""
     gateway = await asyncio.to_thread(build_gateway, settings, clock)

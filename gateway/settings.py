@@ -103,6 +103,30 @@ class IngestSettings:
     default_country: str = _setting("GB", "ISO 3166 country for numbers when a PBX sets none.")
     default_timezone: str = _setting("Europe/London", "IANA zone for PBX local times when a PBX sets none.")
     max_body_bytes: int = _setting(64 * 1024 * 1024, "Largest ingest request body (413 above).")
+    flush_records: int = _setting(200_000, "Staged records that trigger a flush to the lake.")
+    flush_interval: timedelta = _setting(timedelta(seconds=30), "Longest a staged record waits for the lake.")
+    max_staged_records: int = _setting(5_000_000, "Staging backlog above which ingest answers 503.")
+    dedupe_window: timedelta = _setting(timedelta(days=35), "How long a record's dedupe key is remembered.")
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """The Iceberg lake of pseudonymised records."""
+
+    catalog_url: str = _setting("", "Iceberg SQL catalog URL; empty = SQLite in data_dir/lake.")
+    warehouse: str = _setting("", "Where Parquet and metadata files go; empty = data_dir/lake/warehouse.")
+    maintenance_interval: timedelta = _setting(timedelta(hours=1), "How often small files are compacted.")
+    snapshot_retention: timedelta = _setting(timedelta(days=7), "Snapshots older than this are expired.")
+    small_file_bytes: int = _setting(32 * 1024 * 1024, "Data files below this size are compacted.")
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """The recording vault: envelope format parameters and upload limits."""
+
+    chunk_size: int = _setting(65536, "Plaintext bytes per authenticated chunk of a new recording file.")
+    max_recording_bytes: int = _setting(4 * 1024**3, "Largest recording a PBX may upload (413 above).")
+    rewrap_batch_size: int = _setting(500, "Key rows rewrapped per transaction by `telgate keys rotate`.")
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,8 @@ class Settings:
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    lake: LakeSettings = field(default_factory=LakeSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -250,6 +276,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("setting ingest.default_country: use an ISO 3166 alpha-2 code such as GB")
     if settings.security.login_max_failures < 1:
         raise ConfigError("setting security.login_max_failures: must be at least 1")
+    if not 1024 <= settings.vault.chunk_size <= 16 * 1024 * 1024:
+        raise ConfigError("setting vault.chunk_size: must be between 1024 and 16777216 bytes")
+    if settings.vault.max_recording_bytes < 0:
+        raise ConfigError("setting vault.max_recording_bytes: must not be negative")
+    if settings.vault.rewrap_batch_size < 1:
+        raise ConfigError("setting vault.rewrap_batch_size: must be at least 1")
     scheme = settings.metadata_url.split(":", 1)[0]
     if scheme not in {"sqlite", "postgresql"}:
         raise ConfigError(f"setting metadata.url: unknown scheme {scheme!r} (use sqlite:/// or postgresql://)")

@@ -8,24 +8,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import principals, subjects
+from gateway import principals, recordings, staging, subjects
 from gateway.audit import AuditTrail, Clock
 from gateway.clock import SystemClock
 from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
 from gateway.db import CORE_MIGRATIONS, Database, Migrations, migrate, open_database
 from gateway.errors import ConfigError
+from gateway.ingest_service import Flusher, IngestService
 from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.rbac import Role
+from gateway.recordings import SqlRecordingCatalog
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
+from gateway.staging import StagingStore, StagingWriter
 from gateway.subjects import SqlSubjectTokens
+from ingest.lake import IcebergLake, lake_locations
+from vault.blobs import LocalBlobStore
+from vault.keyring import LocalKeyring
+from vault.service import RecordingVault
 
 # Every component's schema, migrated in this order at start-up.
 COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
     ("core", CORE_MIGRATIONS),
     ("principals", principals.MIGRATIONS),
     ("subjects", subjects.MIGRATIONS),
+    ("vault", recordings.MIGRATIONS),
+    ("staging", staging.MIGRATIONS),
 ]
 
 FIRST_DPO = "dpo"
@@ -46,9 +55,17 @@ class Gateway:
     login_throttle: LoginThrottle
     principals: PrincipalStore
     subjects: SqlSubjectTokens
+    vault: RecordingVault
+    lake: IcebergLake
+    staging: StagingStore
+    staging_writer: StagingWriter
+    ingest: IngestService
+    flusher: Flusher
 
     def close(self) -> None:
-        """Release backends."""
+        """Release backends: finish queued staging commits first."""
+        self.staging_writer.close()
+        self.lake.close()
         self.db.close()
 
 
@@ -63,6 +80,21 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         migrate(db, component, migrations)
     security = settings.security
     hashing = PasswordHashing(security.argon2_time_cost, security.argon2_memory_kib, security.argon2_parallelism)
+    audit = AuditTrail(db, read_secret(layout.audit_key), clock)
+    subject_tokens = SqlSubjectTokens(db, read_secret(layout.pepper), read_secret(layout.sealing_key), clock)
+    default_catalog, default_warehouse = lake_locations(layout.root)
+    lake = IcebergLake.open(settings.lake.catalog_url or default_catalog, settings.lake.warehouse or default_warehouse)
+    staging_store = StagingStore(db, read_secret(layout.sealing_key), clock)
+    writer = StagingWriter(db, staging_store, clock, max_backlog=settings.ingest.max_staged_records)
+    flusher = Flusher(
+        staging_store,
+        writer,
+        lake,
+        clock,
+        flush_records=settings.ingest.flush_records,
+        flush_interval=settings.ingest.flush_interval,
+        dedupe_window=settings.ingest.dedupe_window,
+    )
     return Gateway(
         settings=settings,
         clock=clock,
@@ -70,7 +102,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         db=db,
         hashing=hashing,
         operators=OperatorStore(db, hashing),
-        audit=AuditTrail(db, read_secret(layout.audit_key), clock),
+        audit=audit,
         login_throttle=LoginThrottle(
             db,
             max_failures=security.login_max_failures,
@@ -78,7 +110,32 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
             ban=security.login_ban,
         ),
         principals=PrincipalStore(db),
-        subjects=SqlSubjectTokens(db, read_secret(layout.pepper), read_secret(layout.subjects_key), clock),
+        subjects=subject_tokens,
+        vault=_build_vault(settings, layout, db, audit, clock),
+        lake=lake,
+        staging=staging_store,
+        staging_writer=writer,
+        ingest=IngestService(subject_tokens, writer, clock),
+        flusher=flusher,
+    )
+
+
+def _build_vault(
+    settings: Settings, layout: DataLayout, db: Database, audit: AuditTrail, clock: Clock
+) -> RecordingVault:
+    """The recording vault: blob store and keyring in the data directory, catalog in the metadata store."""
+    if not layout.keyring.exists():
+        raise ConfigError(f"master keyring {layout.keyring} is missing: run `telgate init` to create it")
+    catalog = SqlRecordingCatalog(db, audit)
+    return RecordingVault(
+        blobs=LocalBlobStore(layout.recordings),
+        keys=LocalKeyring.load(layout.keyring),
+        catalog=catalog,
+        key_store=catalog,
+        clock=clock,
+        chunk_size=settings.vault.chunk_size,
+        max_recording_bytes=settings.vault.max_recording_bytes,
+        rewrap_batch_size=settings.vault.rewrap_batch_size,
     )
 
 

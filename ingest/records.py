@@ -50,6 +50,7 @@ class PartyKind(enum.StrEnum):
     SUBJECT = "subject"
     WITHHELD = "withheld"
     NONE = "none"
+    REDACTED = "redacted"  # number-like value that could not be normalised: dropped, never stored raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,20 @@ EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("POST", "/v1/admin/pbxs", {"name": UNIQUE, "tenant": "base"}, {"dpo", "tech_manager"}),
     ("GET", "/v1/admin/pbxs", None, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/pbxs/target/revoke", None, {"dpo", "tech_manager"}),
+    ("GET", "/v1/admin/recordings", None, {"dpo", "tech_manager", "manager"}),
+    ("GET", "/v1/admin/keys", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/keys/rotate", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/keys/1/retire", None, {"dpo"}),  # version 1 is no longer current (fixture)
+    ("POST", "/v1/admin/vault/verify", None, {"dpo", "tech_manager"}),
 ]
 
 
 def test_every_admin_route_is_in_the_table() -> None:
     declared = {(route.method, route.path) for route in ADMIN_ROUTES}
-    tabled = {(method, path.replace("/target/", "/{name}/")) for method, path, _, _ in EXPECTED}
+    tabled = {
+        (method, path.replace("/target/", "/{name}/").replace("/keys/1/", "/keys/{version}/"))
+        for method, path, _, _ in EXPECTED
+    }
     assert declared == tabled
 
 
@@ -51,6 +59,9 @@ async def role_tokens(http: aiohttp.ClientSession, node: RunningServer, dpo_toke
     ):
         async with http.post(node.url + path, json=body, headers=auth(dpo_token)) as response:
             assert response.status == 201, await response.text()
+    # Rotate once, so that master-key version 1 is no longer current and may be retired.
+    async with http.post(node.url + "/v1/admin/keys/rotate", headers=auth(dpo_token)) as response:
+        assert response.status == 200, await response.text()
     tokens = {"dpo": dpo_token}
     for role in sorted(ALL - {"dpo"}):
         password = await add_operator(http, node, dpo_token, f"op-{role.replace('_', '-')}", role)

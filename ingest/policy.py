@@ -1,0 +1,338 @@
+"""Pseudonymisation: ``RawCdr`` / ``RawAcdEvent`` -> ``CdrRecord`` / ``AcdEventRecord`` (lake rows).
+
+Every field of a raw record has an action in ``CDR_POLICY`` / ``ACD_POLICY``:
+
+    KEEP      copied as is: ids the PBX generates, times, counts, enums. Safety net for malformed input:
+              a string id that *as a whole* reads as a possible phone number becomes ``[redacted]``
+              (uniqueids, UUIDs and pkids never do).
+    TOKENISE  a party: SUBJECT -> its subject token (``SubjectTokens.token_for``); EXTENSION -> the
+              extension as written (scrubbed, defensively); WITHHELD / NONE / REDACTED -> null.
+    SCRUB     free text: every digit run that could be a phone number (7+ digits, optional ``+``,
+              single separators ``space - . ( )``) becomes the subject token of that number when it
+              is a *valid* number for the PBX's country, else ``[redacted]``. Shorter runs (extensions,
+              timeouts) stay. Protected, never scrubbed: UUIDs, ISO date-times, Asterisk uniqueids
+              (``1741097109.18``), IPv4 addresses, and channel unique suffixes (``PJSIP/x-0000001a``).
+              Consequence: a 9-10 digit run written as ``<digits>.<digits>`` reads as a uniqueid and
+              is kept; free text is expected to write numbers with spaces, dashes or nothing.
+    DROP      removed (names).
+
+``extra`` holds per-format fields; each is scrubbed unless ``EXTRA_POLICY`` drops it; its keys are
+scrubbed too. queue_log ``data`` pieces are scrubbed, except that the pieces known to hold a number
+(ENTERQUEUE caller, transfer target) are tokenised like a party and the caller name is redacted.
+
+Names never reach a raw record (parsers drop them), and tokens are looked up once per number per call.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import overload
+
+from ingest.context import PbxContext
+from ingest.normalise import MIN_NUMBER_DIGITS, digit_count_of, parse_party, to_e164
+from ingest.ports import SubjectTokens
+from ingest.records import AcdEventRecord, CdrRecord, Party, PartyKind, RawAcdEvent, RawCdr
+
+REDACTED = "[redacted]"
+
+
+class Action(enum.StrEnum):
+    """What pseudonymisation does to one field."""
+
+    KEEP = "keep"
+    TOKENISE = "tokenise"
+    SCRUB = "scrub"
+    DROP = "drop"
+
+
+CDR_POLICY: Mapping[str, Action] = {
+    "source_format": Action.KEEP,
+    "dedupe_key": Action.KEEP,  # a SHA-256 digest
+    "call_id": Action.KEEP,  # PBX-generated id (uniqueid, uuid, pkid)
+    "linked_id": Action.KEEP,
+    "sequence": Action.KEEP,
+    "start_at": Action.KEEP,
+    "answer_at": Action.KEEP,
+    "end_at": Action.KEEP,
+    "duration_s": Action.KEEP,
+    "billsec_s": Action.KEEP,
+    "disposition": Action.KEEP,
+    "hangup_cause": Action.KEEP,
+    "direction": Action.KEEP,
+    "caller": Action.TOKENISE,
+    "callee": Action.TOKENISE,
+    "account_code": Action.SCRUB,  # some dialplans put the caller's number here
+    "context": Action.SCRUB,
+    "src_channel": Action.SCRUB,  # "PJSIP/trunk-0000001a", "SIP/07700900123-00000012"
+    "dst_channel": Action.SCRUB,
+    "last_app": Action.SCRUB,
+    "last_data": Action.SCRUB,  # "PJSIP/601,30,tT", "PJSIP/07700900123@trunk"
+    "extra": Action.SCRUB,
+}
+
+ACD_POLICY: Mapping[str, Action] = {
+    "source_format": Action.KEEP,
+    "dedupe_key": Action.KEEP,
+    "event_at": Action.KEEP,
+    "call_id": Action.KEEP,
+    "queue": Action.SCRUB,
+    "agent": Action.SCRUB,  # "Local/07700900123@from-queue/n" for a remote agent on a mobile
+    "event": Action.SCRUB,  # custom event names are free text
+    "caller": Action.TOKENISE,
+    "position": Action.KEEP,
+    "original_position": Action.KEEP,
+    "wait_s": Action.KEEP,
+    "hold_s": Action.KEEP,
+    "talk_s": Action.KEEP,
+    "ring_ms": Action.KEEP,
+    "agent_call_id": Action.KEEP,
+    "data": Action.SCRUB,
+}
+
+# Extra fields are scrubbed unless listed here.
+EXTRA_POLICY: Mapping[str, Action] = {
+    "caller_id_name": Action.DROP,
+    "callee_id_name": Action.DROP,
+    "effective_caller_id_name": Action.DROP,
+    "origination_caller_id_name": Action.DROP,
+    "clid": Action.DROP,
+    "clid_name": Action.DROP,
+    "cnam": Action.DROP,
+    "callingPartyUnicodeLoginUserID": Action.DROP,
+    "finalCalledPartyUnicodeLoginUserID": Action.DROP,
+}
+
+
+class _Role(enum.Enum):
+    NUMBER = "number"
+    NAME = "name"
+
+
+# queue_log data pieces with a known meaning; the rest are scrubbed.
+_DATA_ROLES: Mapping[str, Mapping[int, _Role]] = {
+    "ENTERQUEUE": {1: _Role.NUMBER, 3: _Role.NAME},
+    "BLINDTRANSFER": {0: _Role.NUMBER},
+    "TRANSFER": {0: _Role.NUMBER},
+}
+
+_PROTECTED = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"  # UUID
+    r"|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"  # ISO date-time
+    r"|(?<![\d.])\d{9,10}\.\d{1,9}(?![\d]|\.\d)"  # Asterisk uniqueid: epoch.counter
+    r"|(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d]|\.\d)"  # IPv4
+)
+# A channel name's unique suffix: TECH/resource-0000001a (optionally ;1 / ;2 for Local channels).
+_CHANNEL_SUFFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s,|/]*?(-[0-9A-Fa-f]{8})(?=;\d|[\s,|)@]|$)")
+_NUMBER_RUN = re.compile(r"(?<!\d)\+?\d(?:[ \-.()]{0,2}\d)*")
+_SEPARATORS = re.compile(r"[ \-.()]")
+_WHOLE_NUMBER = re.compile(r"\+?\d+")
+
+
+def _protected_spans(text: str) -> list[tuple[int, int]]:
+    spans = [m.span() for m in _PROTECTED.finditer(text)]
+    spans += [m.span(1) for m in _CHANNEL_SUFFIX.finditer(text)]
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class Pseudonymiser:
+    """Applies the policy for one PBX, remembering the token of each number it has already seen."""
+
+    def __init__(self, ctx: PbxContext, tokens: SubjectTokens) -> None:
+        self._ctx = ctx
+        self._tokens = tokens
+        self._memo: dict[str, str] = {}
+
+    def token(self, e164: str) -> str:
+        """Subject token of an E.164 number (looked up once per Pseudonymiser)."""
+        token = self._memo.get(e164)
+        if token is None:
+            token = self._tokens.token_for(self._ctx.tenant, e164)
+            self._memo[e164] = token
+        return token
+
+    def party(self, party: Party) -> str | None:
+        """TOKENISE: a subject's token, an extension as written (scrubbed), else None."""
+        if party.kind is PartyKind.SUBJECT and party.value:
+            return self.token(party.value)
+        if party.kind is PartyKind.EXTENSION and party.value:
+            return self.scrub(party.value)
+        return None
+
+    @overload
+    def identifier(self, text: str) -> str: ...
+    @overload
+    def identifier(self, text: None) -> None: ...
+    def identifier(self, text: str | None) -> str | None:
+        """KEEP for string ids: as is, unless the whole value reads as a phone number."""
+        if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
+            return text
+        compact = _SEPARATORS.sub("", text.strip())
+        if _WHOLE_NUMBER.fullmatch(compact) and to_e164(compact, self._ctx) is not None:
+            return REDACTED
+        return text
+
+    def _replace_number(self, match: re.Match[str]) -> str:
+        run = match.group(0)
+        if digit_count_of(run) < MIN_NUMBER_DIGITS:
+            return run
+        e164 = to_e164(_SEPARATORS.sub("", run), self._ctx, require_valid=True)
+        return self.token(e164) if e164 else REDACTED
+
+    def _scrub_segment(self, segment: str) -> str:
+        return _NUMBER_RUN.sub(self._replace_number, segment)
+
+    @overload
+    def scrub(self, text: str) -> str: ...
+    @overload
+    def scrub(self, text: None) -> None: ...
+    def scrub(self, text: str | None) -> str | None:
+        """SCRUB: replace every phone-number-like digit run by its token or ``[redacted]``."""
+        if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
+            return text
+        out: list[str] = []
+        position = 0
+        for start, end in _protected_spans(text):
+            out.append(self._scrub_segment(text[position:start]))
+            out.append(text[start:end])
+            position = end
+        out.append(self._scrub_segment(text[position:]))
+        return "".join(out)
+
+    def extra_json(self, extra: Mapping[str, str]) -> str | None:
+        """Scrubbed ``extra`` as a JSON object (keys sorted), or None when nothing is left."""
+        kept = {
+            self.scrub(key): self.scrub(value)
+            for key, value in extra.items()
+            if EXTRA_POLICY.get(key, Action.SCRUB) is not Action.DROP
+        }
+        if not kept:
+            return None
+        return json.dumps(kept, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+    def data_piece(self, event: str, index: int, piece: str) -> str:
+        """One queue_log data piece: tokenised, redacted or scrubbed by its role in ``event``."""
+        role = _DATA_ROLES.get(event, {}).get(index)
+        if role is _Role.NAME:
+            return REDACTED if piece.strip() else piece
+        if role is _Role.NUMBER:
+            party = parse_party(piece, self._ctx)
+            if party.kind is PartyKind.SUBJECT:
+                return self.party(party) or REDACTED
+            if party.kind is PartyKind.REDACTED:
+                return REDACTED
+        return self.scrub(piece)
+
+    def cdr(self, raw: RawCdr, ingested_at: datetime) -> CdrRecord:
+        """Pseudonymise one RawCdr into a lake row."""
+        return CdrRecord(
+            tenant=self._ctx.tenant,
+            pbx=self._ctx.name,
+            source_format=raw.source_format,
+            dedupe_key=raw.dedupe_key,
+            call_id=self.identifier(raw.call_id),
+            linked_id=self.identifier(raw.linked_id),
+            sequence=raw.sequence,
+            start_at=raw.start_at,
+            answer_at=raw.answer_at,
+            end_at=raw.end_at,
+            duration_s=raw.duration_s,
+            billsec_s=raw.billsec_s,
+            disposition=raw.disposition.value,
+            hangup_cause=raw.hangup_cause,
+            direction=raw.direction.value,
+            caller=self.party(raw.caller),
+            caller_kind=raw.caller.kind.value,
+            callee=self.party(raw.callee),
+            callee_kind=raw.callee.kind.value,
+            account_code=self.scrub(raw.account_code),
+            context=self.scrub(raw.context),
+            src_channel=self.scrub(raw.src_channel),
+            dst_channel=self.scrub(raw.dst_channel),
+            last_app=self.scrub(raw.last_app),
+            last_data=self.scrub(raw.last_data),
+            extra_json=self.extra_json(raw.extra),
+            ingested_at=_utc(ingested_at),
+        )
+
+    def acd(self, raw: RawAcdEvent, ingested_at: datetime) -> AcdEventRecord:
+        """Pseudonymise one RawAcdEvent into a lake row."""
+        return AcdEventRecord(
+            tenant=self._ctx.tenant,
+            pbx=self._ctx.name,
+            source_format=raw.source_format,
+            dedupe_key=raw.dedupe_key,
+            event_at=raw.event_at,
+            call_id=self.identifier(raw.call_id),
+            queue=self.scrub(raw.queue),
+            agent=self.scrub(raw.agent),
+            event=self.scrub(raw.event),
+            caller=self.party(raw.caller),
+            caller_kind=raw.caller.kind.value,
+            position=raw.position,
+            original_position=raw.original_position,
+            wait_s=raw.wait_s,
+            hold_s=raw.hold_s,
+            talk_s=raw.talk_s,
+            ring_ms=raw.ring_ms,
+            agent_call_id=self.identifier(raw.agent_call_id),
+            data=[self.data_piece(raw.event, i, piece) for i, piece in enumerate(raw.data)],
+            ingested_at=_utc(ingested_at),
+        )
+
+
+def _utc(at: datetime) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("ingested_at must be timezone-aware")
+    return at.astimezone(UTC)
+
+
+def scrub_text(text: str, ctx: PbxContext, tokens: SubjectTokens) -> str:
+    """SCRUB one free-text value for ``ctx``'s PBX (see the module docstring)."""
+    return Pseudonymiser(ctx, tokens).scrub(text)
+
+
+def pseudonymise_cdr(raw: RawCdr, ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime) -> CdrRecord:
+    """Turn one identifiable RawCdr into the pseudonymised CdrRecord the lake stores."""
+    return Pseudonymiser(ctx, tokens).cdr(raw, ingested_at)
+
+
+def pseudonymise_acd(raw: RawAcdEvent, ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime) -> AcdEventRecord:
+    """Turn one identifiable RawAcdEvent into the pseudonymised AcdEventRecord the lake stores."""
+    return Pseudonymiser(ctx, tokens).acd(raw, ingested_at)
+
+
+@overload
+def pseudonymise_all(
+    records: Sequence[RawCdr], ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime
+) -> list[CdrRecord]: ...
+@overload
+def pseudonymise_all(
+    records: Sequence[RawAcdEvent], ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime
+) -> list[AcdEventRecord]: ...
+def pseudonymise_all(
+    records: Sequence[RawCdr] | Sequence[RawAcdEvent],
+    ctx: PbxContext,
+    tokens: SubjectTokens,
+    ingested_at: datetime,
+) -> list[CdrRecord] | list[AcdEventRecord]:
+    """Pseudonymise a parsed batch, looking each number's token up once for the whole batch."""
+    pseudonymiser = Pseudonymiser(ctx, tokens)
+    cdrs: list[CdrRecord] = []
+    events: list[AcdEventRecord] = []
+    for raw in records:
+        if isinstance(raw, RawCdr):
+            cdrs.append(pseudonymiser.cdr(raw, ingested_at))
+        else:
+            events.append(pseudonymiser.acd(raw, ingested_at))
+    return cdrs if cdrs or not events else events
