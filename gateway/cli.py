@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from gateway import cli_principals, cli_vault
+from gateway import cli_data, cli_principals, cli_vault
 from gateway.cli_common import (
     api,
     config_option,
@@ -284,3 +284,5 @@ main.add_command(cli_principals.pbx)
 main.add_command(cli_vault.recordings)
 main.add_command(cli_vault.keys)
 main.add_command(cli_vault.vault)
+main.add_command(cli_data.cdr)
+main.add_command(cli_data.ingest)

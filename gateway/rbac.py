@@ -45,6 +45,9 @@ PERMISSIONS: Final[dict[str, frozenset[Role]]] = {
     "keys.list": _GOVERNORS,
     "keys.retire": frozenset({Role.DPO}),
     "vault.verify": _GOVERNORS,
+    "cdr.search": _GOVERNORS,
+    "quarantine.read": _GOVERNORS,
+    "quarantine.replay": _GOVERNORS,
 }
 
 

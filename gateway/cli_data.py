@@ -1,0 +1,88 @@
+"""``telgate cdr search`` and ``telgate ingest quarantine ...``: identifiable access, audited server-side."""
+
+from __future__ import annotations
+
+import click
+
+from gateway.cli_common import api, emit, err, handle_errors, json_option, out, table
+
+
+@click.group()
+def cdr() -> None:
+    """Look up call-detail records (identifiable; every search is audited)."""
+
+
+@cdr.command("search")
+@click.option("--number", help="A phone number, national or international (e.g. 07700 900123).")
+@click.option("--call-id", help="A call id (Asterisk uniqueid/linkedid, FreeSWITCH uuid, CUCM call id).")
+@click.option("--since", help="Only calls from this date or time on (ISO 8601).")
+@json_option
+@handle_errors
+def cdr_search(number: str | None, call_id: str | None, since: str | None, as_json: bool) -> None:
+    """Find the CDRs of a number or a call (dpo, tech_manager).
+
+    \b
+    Examples:
+      telgate cdr search --number "07700 900123" --since 2026-01-01
+      telgate cdr search --call-id 1741097109.18 --json
+    """
+    if (number is None) == (call_id is None):
+        raise click.UsageError("give exactly one of --number or --call-id")
+    query = {"number": number, "call_id": call_id, "since": since}
+    answer = api().request("GET", "/v1/admin/cdr/search", query={k: v for k, v in query.items() if v})
+    rows = [
+        (r["start_at"], r["tenant"], r["call_id"], r["caller"], r["callee"], r["disposition"], r["billsec_s"])
+        for r in answer["cdrs"]
+    ]
+    emit(
+        as_json,
+        answer,
+        lambda: table("CDRs", ["start", "tenant", "call", "caller", "callee", "outcome", "billsec"], rows),
+    )
+
+
+@click.group()
+def ingest() -> None:
+    """Operate the ingest pipeline."""
+
+
+@ingest.group("quarantine")
+def quarantine() -> None:
+    """Records the gateway rejected, kept sealed for replay."""
+
+
+@quarantine.command("list")
+@json_option
+@handle_errors
+def quarantine_list(as_json: bool) -> None:
+    """List quarantined records (where from and why; never their content)."""
+    answer = api().request("GET", "/v1/admin/ingest/quarantine")
+    rows = [
+        (q["id"], q["received_at"], q["pbx"], q["format"], q["line"], q["reason"], q["replayed_at"] or "")
+        for q in answer["quarantine"]
+    ]
+    emit(
+        as_json,
+        answer,
+        lambda: table("quarantine", ["id", "received", "pbx", "format", "line", "reason", "replayed"], rows),
+    )
+
+
+@quarantine.command("replay")
+@click.argument("quarantine_id")
+@json_option
+@handle_errors
+def quarantine_replay(quarantine_id: str, as_json: bool) -> None:
+    """Parse a quarantined record again with its PBX's current settings.
+
+    \b
+    Example:
+      telgate pbx list            # fix the PBX profile first, then:
+      telgate ingest quarantine replay q_0123456789abcdef
+    """
+    answer = api().request("POST", f"/v1/admin/ingest/quarantine/{quarantine_id}/replay")
+    if answer["replayed"]:
+        emit(as_json, answer, lambda: out.print(f"{quarantine_id} replayed: {answer['accepted']} accepted"))
+        return
+    emit(as_json, answer, lambda: err.print(f"[red]{quarantine_id} still does not parse:[/red] {answer['rejected']}"))
+    raise SystemExit(65)

@@ -1,0 +1,170 @@
+"""Identifiable access to ingested data, always through the gateway and always audited.
+
+- ``GET /v1/admin/cdr/search``: the CDRs of one number (via its subject tokens) or one call id, from
+  the lake and from staging (not yet flushed). The searched number is shown where its token stood;
+  every other party stays a token. The audit entry names the tokens, never the number.
+- ``GET /v1/admin/ingest/quarantine`` and ``POST .../{id}/replay``: records that were rejected are
+  kept sealed; a replay re-parses the sealed bytes (e.g. after a PBX profile was fixed) and stages
+  what now parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, In, Or, Reference
+from pyiceberg.expressions.literals import literal
+
+from gateway.errors import BadRequestError, NotFoundError
+from gateway.operators import Operator
+from gateway.routing import GATEWAY, admin_route, source_of
+from gateway.staging import KINDS, decode_records
+from gateway.wiring import Gateway
+from ingest.context import PbxContext
+from ingest.normalise import to_e164
+from ingest.records import CdrRecord
+
+SEARCH_LIMIT = 10_000
+
+
+def normalise_number(gw: Gateway, number: str) -> str:
+    """An operator's number (national or international) as E.164, or a 400."""
+    ctx = PbxContext(
+        name="search",
+        tenant="search",
+        timezone=ZoneInfo(gw.settings.ingest.default_timezone),
+        country=gw.settings.ingest.default_country,
+    )
+    e164 = to_e164("".join(ch for ch in number if ch.isdigit() or ch == "+"), ctx)
+    if e164 is None:
+        raise BadRequestError("not a phone number this gateway can normalise")
+    return e164
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def search_cdrs(
+    gw: Gateway, *, tokens: dict[str, str], call_id: str | None, since: datetime | None
+) -> list[dict[str, Any]]:
+    """CDR rows matching the tokens or the call id, from the lake and staging, newest first."""
+    condition: BooleanExpression
+    if call_id is not None:
+        condition = Or(
+            EqualTo(term=Reference("call_id"), value=literal(call_id)),
+            EqualTo(term=Reference("linked_id"), value=literal(call_id)),
+        )
+    else:
+        wanted = {literal(token) for token in tokens}
+        condition = Or(In(term=Reference("caller"), values=wanted), In(term=Reference("callee"), values=wanted))
+    if since is not None:
+        condition = And(condition, GreaterThanOrEqual(term=Reference("start_at"), value=literal(since.isoformat())))
+    rows = gw.lake.scan("cdr", condition, limit=SEARCH_LIMIT).to_pylist()
+    seen = {row["dedupe_key"] for row in rows}
+    for kind in KINDS[:1]:  # staged CDRs not flushed yet
+        for staged in gw.db.fetch_all("SELECT payload FROM staged WHERE kind = ?", (kind,)):
+            for record in decode_records(kind, bytes(staged["payload"])):
+                assert isinstance(record, CdrRecord)
+                if record.dedupe_key in seen:
+                    continue
+                matches = (
+                    record.call_id == call_id or record.linked_id == call_id
+                    if call_id is not None
+                    else record.caller in tokens or record.callee in tokens
+                )
+                if matches and (since is None or record.start_at >= since):
+                    rows.append({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+    for row in rows:
+        for party in ("caller", "callee"):
+            if row[party] in tokens:
+                row[party] = tokens[row[party]]
+                row[f"{party}_kind"] = "number"
+    rows.sort(key=lambda row: row["start_at"], reverse=True)
+    return [{key: _json_value(value) for key, value in row.items()} for row in rows]
+
+
+def _since(request: web.Request) -> datetime | None:
+    raw = request.query.get("since")
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadRequestError(f"since must be an ISO 8601 date or time: {raw!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@admin_route("GET", "/v1/admin/cdr/search", "cdr.search")
+async def cdr_search(request: web.Request, operator: Operator) -> web.Response:
+    """Identifiable CDR lookup by number or call id (audited with tokens, never the number)."""
+    gw = request.app[GATEWAY]
+    number, call_id = request.query.get("number"), request.query.get("call_id")
+    if (number is None) == (call_id is None):
+        raise BadRequestError("give exactly one of number or call_id")
+    since = _since(request)
+
+    def search() -> list[dict[str, Any]]:
+        tokens: dict[str, str] = {}
+        if number is not None:
+            e164 = normalise_number(gw, number)
+            tokens = {subject.token: e164 for subject in gw.subjects.find(e164)}
+        rows = search_cdrs(gw, tokens=tokens, call_id=call_id, since=since) if tokens or call_id else []
+        searched = f"call:{call_id}" if call_id else "subjects:" + (",".join(sorted(tokens)) or "none")
+        gw.audit.append(
+            actor=operator.name, role=operator.role, action="cdr.search", object=searched,
+            source=source_of(request), details={"results": len(rows), "since": since.isoformat() if since else None},
+        )  # fmt: skip
+        return rows
+
+    rows = await asyncio.to_thread(search)
+    return web.json_response({"cdrs": rows, "count": len(rows)})
+
+
+@admin_route("GET", "/v1/admin/ingest/quarantine", "quarantine.read")
+async def quarantine_list(request: web.Request, operator: Operator) -> web.Response:
+    """Quarantined records: where they came from and why (never their content)."""
+    gw = request.app[GATEWAY]
+    rows = await asyncio.to_thread(gw.staging.quarantined)
+    return web.json_response({"quarantine": rows})
+
+
+@admin_route("POST", "/v1/admin/ingest/quarantine/{id}/replay", "quarantine.replay")
+async def quarantine_replay(request: web.Request, operator: Operator) -> web.Response:
+    """Parse a quarantined record again with its PBX's current settings; stage it if it now parses."""
+    gw = request.app[GATEWAY]
+    quarantine_id = request.match_info["id"]
+    unsealed = await asyncio.to_thread(gw.staging.unseal, quarantine_id)
+    if unsealed is None:
+        raise NotFoundError(f"no quarantined record {quarantine_id}")
+    meta, raw = unsealed
+    pbx = next((p for p in await asyncio.to_thread(gw.principals.pbxs) if p.name == meta["pbx"]), None)
+    if pbx is None or pbx.revoked:
+        raise NotFoundError(f"PBX {meta['pbx']} no longer exists or is revoked")
+    result = await gw.ingest.ingest(pbx, str(meta["format"]), raw, "")
+    replayed = result.accepted + result.duplicates > 0 and not result.rejected
+
+    def record() -> None:
+        with gw.db.transaction() as tx:
+            if replayed:
+                gw.staging.mark_replayed(tx, quarantine_id, gw.clock.now())
+            gw.audit.append(
+                actor=operator.name, role=operator.role, action="quarantine.replay", object=quarantine_id,
+                outcome="ok" if replayed else "still-rejected", source=source_of(request),
+                details={"accepted": result.accepted, "duplicates": result.duplicates}, tx=tx,
+            )  # fmt: skip
+
+    await asyncio.to_thread(record)
+    return web.json_response(
+        {"id": quarantine_id, "replayed": replayed, "accepted": result.accepted, "duplicates": result.duplicates,
+         "rejected": result.rejected},
+    )  # fmt: skip
+
+
+def setup(app: web.Application) -> None:
+    """No non-admin routes here."""
