@@ -714,7 +714,8 @@ def _try_commit(tbl: Table, properties: dict[str, str], replaced: list[DataFile]
     """Commit one snapshot on top of ``tbl`` removing ``replaced`` and adding ``written``.
 
     Returns False when nothing was committed because the table moved in a conflicting way (pyiceberg
-    already retried concurrent appends) or ``tbl``'s snapshot was expired meanwhile. Other failures
+    already retried concurrent appends), ``tbl``'s snapshot was expired meanwhile, or pyiceberg could
+    not find a replaced file in the base. Other failures
     before the catalog commit propagate as they are (nothing committed: the caller may delete
     ``written``); a failure of the catalog commit itself becomes _CommitOutcomeUnknownError, after
     which ``written`` must stay, since the catalog may reference it.
@@ -729,6 +730,11 @@ def _try_commit(tbl: Table, properties: dict[str, str], replaced: list[DataFile]
                 producer.append_data_file(data_file)
     except FileNotFoundError:
         return False  # a manifest list of the base snapshot is gone: it was expired under us
+    except ValidationException:
+        # "Missing required files to delete": a replaced file left the base, or pyiceberg 0.12's race
+        # (the manifest evaluator shared between its threads in _deleted_entries skips a manifest now
+        # and then). Both leave nothing committed; the caller checks the files and tries again.
+        return False
     try:
         txn.commit_transaction()
     except (CommitFailedException, ValidationException):

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import ValidationException
 from pyiceberg.expressions import EqualTo, Reference
 from pyiceberg.expressions.literals import literal
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
+from pyiceberg.table.update import snapshot as snapshot_module
 from pyiceberg.transforms import DayTransform
 
 from ingest import lake as lake_module
@@ -88,16 +90,19 @@ def acd_event(n: int, *, data: list[str]) -> AcdEventRecord:
 
 
 def cdr_table(numbers: range | list[int], **kwargs: object) -> pa.Table:
+    """CDRs ``numbers`` as an Arrow table of the contract schema."""
     return records_to_table([cdr(n, **kwargs) for n in numbers], CDR_SCHEMA)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Iterator[IcebergLake]:
+    """A fresh lake under ``tmp_path/lake``, closed after the test."""
     with IcebergLake.open(*lake_locations(tmp_path)) as opened:
         yield opened
 
 
 def parquet_files_on_disk(root: Path) -> set[str]:
+    """Every Parquet file under ``root``, as the ``file://`` paths Iceberg records."""
     return {f"file://{p}" for p in root.rglob("*.parquet")}
 
 
@@ -202,7 +207,7 @@ def test_append_casts_to_contract_and_refuses_misfits(lake: IcebergLake) -> None
     with pytest.raises(ValueError, match="unknown lake table"):
         lake.append("recordings", rows)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        lake.append("cdr", rows.to_pylist())  # type: ignore[arg-type]
+        lake.append("cdr", rows.to_pylist())
     assert lake.scan("cdr").num_rows == 2
 
 
@@ -234,7 +239,7 @@ def test_scan_filters_and_projects(lake: IcebergLake) -> None:
     assert by_subject.schema == pa.schema([CDR_SCHEMA.field("dedupe_key"), CDR_SCHEMA.field("caller")])
     assert sorted(by_subject.column("dedupe_key").to_pylist()) == [f"cdr-{n:06d}" for n in range(1, 7)]
 
-    by_call = lake.scan("cdr", EqualTo(term=Reference("call_id"), literal=literal("1709251200.7")))
+    by_call = lake.scan("cdr", EqualTo(term=Reference("call_id"), value=literal("1709251200.7")))
     assert by_call.column("caller").to_pylist() == ["sub_zzz"]
 
     since = lake.scan("cdr", "start_at >= '2024-03-01T00:05:00+00:00'", ["dedupe_key"])
@@ -308,6 +313,29 @@ def test_maintain_compacts_small_files_and_expires_old_snapshots(lake: IcebergLa
     assert parquet_files_on_disk(tmp_path) == {f.path for f in lake.data_files("cdr") + lake.data_files("acd_event")}
     assert lake.scan("cdr").sort_by("dedupe_key").equals(before)
     assert lake.last_committed_marker("cdr") == 29
+
+
+def test_compaction_retries_when_pyiceberg_misses_a_file_to_delete(
+    lake: IcebergLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyiceberg 0.12 shares one manifest evaluator between threads and may skip a manifest, then refuses
+    # the commit ("Missing required files to delete"); the rewrite must try again, not fail maintenance.
+    for n in range(3):
+        lake.append("cdr", cdr_table([n]))
+    real = snapshot_module._OverwriteFiles._validate_required_deletes
+    calls = []
+
+    def flaky(self: object, deleted_entries: list[object]) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValidationException("Missing required files to delete: (simulated race)")
+        real(self, deleted_entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_module._OverwriteFiles, "_validate_required_deletes", flaky)
+    report = lake.maintain(datetime.now(UTC), timedelta(days=7), 1, 1024 * 1024)
+    assert len(calls) == 2
+    assert report.tables[0].data_files_after == 1
+    assert lake.scan("cdr").num_rows == 3
 
 
 def test_maintain_refuses_bad_knobs(lake: IcebergLake) -> None:
@@ -414,6 +442,7 @@ def test_marker_lives_in_the_snapshot_summary(lake: IcebergLake, tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str | None]:
+    """A throwaway PostgreSQL cluster for this module, or None when none can be had."""
     with postgres_cluster() as url:
         yield url
 
