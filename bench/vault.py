@@ -10,6 +10,9 @@ Usage::
 (c) HTTP upload: ``telgate init`` + ``telgate serve`` in a subprocess on loopback; the same source is
     PUT to ``/v1/recordings/{call_id}`` by an aiohttp client in this process (1 MiB blocks, with a
     Content-Length), timed until the 201 answer (the blob is fsynced and its key row committed by then).
+(s) ``RecordingVault`` in this process: (b) plus the plaintext SHA-256 (on a second thread), the key wrap
+    and the catalog row, fed 1 MiB pieces from the source.
+(h) the same PUT to a bare aiohttp server that discards the body: what HTTP alone costs on this machine.
 Memory: one ``--memory-size`` body (the source repeated) is PUT while the server's VmRSS is sampled
     every 20 ms from /proc; its VmHWM (kernel high-water mark since start) is reported too.
 
@@ -36,6 +39,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 # This script is itself named ``vault.py``: drop its directory from sys.path so that ``import vault``
 # finds the package, not this file.
@@ -115,48 +119,41 @@ def measure_encrypt_and_store(source: Path, store: LocalBlobStore, blob_id: str,
     return Measurement("encrypt + store + fsync", size, time.perf_counter() - started)
 
 
-class GatewayProcess:
-    """A real ``telgate serve`` subprocess on loopback with its own data directory, a customer and a PBX."""
+def measure_vault_store(source: Path, workdir: Path, runs: int) -> list[Measurement]:
+    """(s) ``RecordingVault`` without HTTP: SHA-256 + encrypt + store + fsync + key row, 1 MiB pieces."""
+    from gateway.settings import load_settings
+    from gateway.wiring import build_gateway, initialise
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.data = workdir / "var"
-        telgate = str(Path(sys.executable).with_name("telgate"))
-        self.http_port, sftp_port = _free_port(), _free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")} | {
-            "TELGATE_SERVER_HTTP_PORT": str(self.http_port),
-            "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
-            "TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40),
-            "TELGATE_CLI_CONFIG_DIR": str(workdir / "cli"),
-        }
-        init = subprocess.run(
-            [telgate, "init", "--data", str(self.data), "--json"],
-            env=self.env, capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        password = json.loads(init.stdout)["first_dpo"]["password"]
-        self._log = open(workdir / "serve.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [telgate, "serve", "--data", str(self.data)], env=self.env, stdout=subprocess.PIPE, stderr=self._log
-        )
-        assert self.process.stdout is not None
-        ready = self.process.stdout.readline().decode()
-        if "serving" not in ready:
-            self.stop()
-            raise RuntimeError(f"telgate serve did not start: {ready!r}; see {workdir / 'serve.log'}")
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        session = self._admin("POST", "/v1/auth/login", {"user": "dpo", "password": password})["token"]
-        self._admin("POST", "/v1/admin/customers", {"tenant": "bench", "name": "Bench Ltd"}, session)
-        self.pbx_token = self._admin("POST", "/v1/admin/pbxs", {"name": "bench-pbx", "tenant": "bench"}, session)[
-            "token"
-        ]
+    settings = load_settings(
+        environ={},
+        overrides={"server": {"data_dir": str(workdir / "vault-store")}, "vault": {"max_recording_bytes": 2**40}},
+    )
+    initialise(settings)
+    gateway = build_gateway(settings)
+    measurements = []
+    try:
+        for run in range(runs):
+            started = time.perf_counter()
+            upload = gateway.vault.begin_upload(tenant="bench", pbx="bench", call_id=f"store-{run}", content_type="a/b")
+            with open(source, "rb", buffering=0) as src:
+                while block := src.read(BLOCK):
+                    upload.write(block)
+            result = upload.commit()
+            measurements.append(
+                Measurement("vault store (+SHA-256, row)", result.recording.size, time.perf_counter() - started)
+            )
+    finally:
+        gateway.close()
+    return measurements
 
-    def _admin(self, method: str, path: str, body: dict[str, str], token: str | None = None) -> dict[str, str]:
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback http
-            return dict(json.loads(response.read()))
+
+class ServerProcess:
+    """A server subprocess on loopback that takes ``PUT /v1/recordings/{call_id}``; the client side."""
+
+    url: str
+    pbx_token: str
+    process: subprocess.Popen[bytes]
+    _log: BinaryIO
 
     def status(self, field: str) -> int:
         """A memory figure of the server process from /proc (``VmRSS``, ``VmHWM``), in bytes."""
@@ -164,6 +161,11 @@ class GatewayProcess:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
         raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def upload(self, call_id: str, source: Path, times: int = 1) -> tuple[float, dict[str, object]]:
         """PUT ``source`` (``times`` over, as one body) with aiohttp; seconds taken and the server's answer."""
@@ -212,18 +214,103 @@ class GatewayProcess:
         self._log.close()
 
 
+class GatewayProcess(ServerProcess):
+    """A real ``telgate serve`` subprocess on loopback with its own data directory, a customer and a PBX."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data = workdir / "var"
+        telgate = str(Path(sys.executable).with_name("telgate"))
+        self.http_port, sftp_port = _free_port(), _free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")} | {
+            "TELGATE_SERVER_HTTP_PORT": str(self.http_port),
+            "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
+            "TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40),
+            "TELGATE_CLI_CONFIG_DIR": str(workdir / "cli"),
+        }
+        init = subprocess.run(
+            [telgate, "init", "--data", str(self.data), "--json"],
+            env=self.env, capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        password = json.loads(init.stdout)["first_dpo"]["password"]
+        self._log = open(workdir / "serve.log", "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [telgate, "serve", "--data", str(self.data)], env=self.env, stdout=subprocess.PIPE, stderr=self._log
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline().decode()
+        if "serving" not in ready:
+            self.stop()
+            raise RuntimeError(f"telgate serve did not start: {ready!r}; see {workdir / 'serve.log'}")
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        session = self._admin("POST", "/v1/auth/login", {"user": "dpo", "password": password})["token"]
+        self._admin("POST", "/v1/admin/customers", {"tenant": "bench", "name": "Bench Ltd"}, session)
+        self.pbx_token = self._admin("POST", "/v1/admin/pbxs", {"name": "bench-pbx", "tenant": "bench"}, session)[
+            "token"
+        ]
+
+    def _admin(self, method: str, path: str, body: dict[str, str], token: str | None = None) -> dict[str, str]:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback http
+            return dict(json.loads(response.read()))
+
+
+_DISCARD_SERVER = """
+import asyncio, sys
+from aiohttp import web
+
+async def discard(request):
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+    return web.json_response({"size": size}, status=201)
+
+async def main():
+    app = web.Application()
+    app.router.add_put("/v1/recordings/{call_id}", discard)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
+    print("serving", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+class DiscardServer(ServerProcess):
+    """A bare aiohttp server that reads and drops the body: the ceiling of HTTP on this machine."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.http_port = _free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.pbx_token = "unused"
+        self._log = open(workdir / "discard.log", "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _DISCARD_SERVER, str(self.http_port)], stdout=subprocess.PIPE, stderr=self._log
+        )
+        assert self.process.stdout is not None
+        if "serving" not in self.process.stdout.readline().decode():
+            self.stop()
+            raise RuntimeError("the discard server did not start")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def measure_http_upload(source: Path, gateway: GatewayProcess, run: int) -> Measurement:
-    """(c) PUT ``source`` to a ``telgate serve`` subprocess over loopback: receive, hash, encrypt, store."""
+def measure_http_upload(source: Path, gateway: ServerProcess, run: int, name: str) -> tuple[Measurement, float]:
+    """PUT ``source`` to a server subprocess over loopback; the timing and the server's CPU seconds."""
+    cpu_before = gateway.cpu_seconds()
     seconds, answer = gateway.upload(f"bench-{run}", source)
     if answer["size"] != source.stat().st_size:
         raise RuntimeError(f"server stored {answer['size']} bytes")
-    return Measurement("HTTP PUT (telgate serve)", int(source.stat().st_size), seconds)
+    return Measurement(name, int(source.stat().st_size), seconds), gateway.cpu_seconds() - cpu_before
 
 
 @dataclass(frozen=True)
@@ -300,13 +387,21 @@ def main(argv: list[str] | None = None) -> int:
             blob_id = f"bench-{run}"
             stores.append(measure_encrypt_and_store(source, store, blob_id, args.chunk_size))
             store.delete(blob_id)
-        uploads: list[Measurement] = []
+        vault_stores = measure_vault_store(source, workdir, args.repeat)
+        uploads: list[tuple[Measurement, float]] = []
+        ceilings: list[tuple[Measurement, float]] = []
         memory: MemoryReport | None = None
         if args.http:
+            discard = DiscardServer(workdir)
+            try:
+                for run in range(args.repeat):
+                    ceilings.append(measure_http_upload(source, discard, run, "HTTP PUT, body discarded"))
+            finally:
+                discard.stop()
             gateway = GatewayProcess(workdir)
             try:
                 for run in range(args.repeat):
-                    uploads.append(measure_http_upload(source, gateway, run))
+                    uploads.append(measure_http_upload(source, gateway, run, "HTTP PUT (telgate serve)"))
                 if args.memory_size:
                     memory = measure_upload_memory(source, gateway, max(1, args.memory_size // args.size))
             finally:
@@ -322,15 +417,26 @@ def main(argv: list[str] | None = None) -> int:
         all_runs = ", ".join(f"{m.mb_per_s:.0f}" for m in runs)
         print(f"{label} {best.name:<26} {best.mb_per_s:8.0f} MB/s   (runs: {all_runs})")
     ok = True
+    best_store = max(vault_stores, key=lambda m: m.mb_per_s)
+    all_runs = ", ".join(f"{m.mb_per_s:.0f}" for m in vault_stores)
+    print(f"(s) {best_store.name:<26} {best_store.mb_per_s:8.0f} MB/s   (runs: {all_runs})   RecordingVault, no HTTP")
+    if ceilings:
+        ceiling, cpu = max(ceilings, key=lambda m: m[0].mb_per_s)
+        all_runs = ", ".join(f"{m.mb_per_s:.0f}" for m, _ in ceilings)
+        print(
+            f"(h) {ceiling.name:<26} {ceiling.mb_per_s:8.0f} MB/s   (runs: {all_runs})   bare aiohttp, no vault; "
+            f"server CPU {cpu / (ceiling.size / 2**30):.2f} s/GiB"
+        )
     if uploads:
-        http = max(uploads, key=lambda m: m.mb_per_s)
-        all_runs = ", ".join(f"{m.mb_per_s:.0f}" for m in uploads)
+        http, cpu = max(uploads, key=lambda m: m[0].mb_per_s)
+        all_runs = ", ".join(f"{m.mb_per_s:.0f}" for m, _ in uploads)
         verdict = "ok" if http.mb_per_s >= args.min_http else "BELOW TARGET"
         ok &= http.mb_per_s >= args.min_http
         print(
             f"(c) {http.name:<26} {http.mb_per_s:8.0f} MB/s   (runs: {all_runs})   ratio (c)/(a) "
             f"{http.mb_per_s / copy.mb_per_s:.2f}   target >= {args.min_http:.0f} MB/s: {verdict}"
         )
+        print(f"    server CPU {cpu / (http.size / 2**30):.2f} s/GiB (all threads: receive, SHA-256, AES-GCM, write)")
     if memory is not None:
         peak_mb = memory.peak_rss / 1e6
         verdict = "ok" if peak_mb < args.max_rss_mb else "ABOVE TARGET"

@@ -12,13 +12,31 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import routes_core, routes_data, routes_ingest, routes_principals, routes_vault
+from gateway import (
+    routes_access,
+    routes_core,
+    routes_data,
+    routes_ingest,
+    routes_ingest_admin,
+    routes_principals,
+    routes_releases,
+    routes_vault,
+)
 from gateway.routing import ADMIN_ROUTES, GATEWAY, METRICS, Metrics, admin_handler, error_middleware
 from gateway.wiring import Gateway
 
 __all__ = ["ADMIN_ROUTES", "create_app"]
 
-ROUTE_MODULES = (routes_core, routes_principals, routes_vault, routes_ingest, routes_data)
+ROUTE_MODULES = (
+    routes_core,
+    routes_principals,
+    routes_vault,
+    routes_ingest,
+    routes_data,
+    routes_ingest_admin,
+    routes_releases,
+    routes_access,
+)
 
 
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:

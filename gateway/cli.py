@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from gateway import cli_data, cli_principals, cli_vault
+from gateway import cli_access, cli_data, cli_principals, cli_releases, cli_vault
 from gateway.cli_common import (
     api,
     config_option,
@@ -103,7 +103,12 @@ def serve(config_file: Path | None, data: Path | None) -> None:
 @json_option
 @handle_errors
 def show_settings(config_file: Path | None, as_json: bool) -> None:
-    """Show the effective settings of this node (secrets redacted)."""
+    """Show the effective settings of this node (secrets redacted).
+
+    \b
+    Example:
+      telgate settings --config /etc/telgate/telgate.toml --json
+    """
     rows = describe_settings(settings_from(config_file))
     emit(
         as_json,
@@ -146,7 +151,12 @@ def login(url: str, user: str, password_stdin: bool, as_json: bool) -> None:
 @json_option
 @handle_errors
 def logout(as_json: bool) -> None:
-    """End the session and forget the token."""
+    """End the session and forget the token.
+
+    \b
+    Example:
+      telgate logout
+    """
     api().request("POST", "/v1/auth/logout")
     StoredSession.forget()
     emit(as_json, {"status": "logged out"}, lambda: out.print("logged out"))
@@ -156,7 +166,12 @@ def logout(as_json: bool) -> None:
 @json_option
 @handle_errors
 def whoami(as_json: bool) -> None:
-    """Show the logged-in operator."""
+    """Show the logged-in operator.
+
+    \b
+    Example:
+      telgate whoami --json
+    """
     me = api().request("GET", "/v1/admin/whoami")
     emit(as_json, me, lambda: out.print(f"{me['name']} ({me['role']})"))
 
@@ -200,7 +215,12 @@ def operator_add(name: str, role: str, as_json: bool) -> None:
 @json_option
 @handle_errors
 def operator_list(as_json: bool) -> None:
-    """List operators."""
+    """List operators.
+
+    \b
+    Example:
+      telgate operator list --json
+    """
     answer = api().request("GET", "/v1/admin/operators")
     rows = [(o["name"], o["role"], "yes" if o["disabled"] else "", o["created_at"]) for o in answer["operators"]]
     emit(as_json, answer, lambda: table("operators", ["name", "role", "disabled", "created"], rows))
@@ -211,7 +231,12 @@ def operator_list(as_json: bool) -> None:
 @json_option
 @handle_errors
 def operator_disable(name: str, as_json: bool) -> None:
-    """Disable an operator and end their sessions."""
+    """Disable an operator and end their sessions.
+
+    \b
+    Example:
+      telgate operator disable alice
+    """
     answer = api().request("POST", f"/v1/admin/operators/{name}/disable")
     emit(as_json, answer, lambda: out.print(f"operator {name} disabled"))
 
@@ -228,7 +253,12 @@ def audit() -> None:
 @json_option
 @handle_errors
 def audit_verify(as_json: bool) -> None:
-    """Verify the hash chain; exits 65 and names the first bad entry when it is broken."""
+    """Verify the hash chain; exits 65 and names the first bad entry when it is broken.
+
+    \b
+    Example:
+      telgate audit verify --json
+    """
     report = api().request("GET", "/v1/admin/audit/verify")
 
     def human() -> None:
@@ -248,7 +278,13 @@ def audit_verify(as_json: bool) -> None:
 @json_option
 @handle_errors
 def audit_export(since: str | None, out_file: Path | None, as_json: bool) -> None:
-    """Export audit entries (JSON with --json or --out, a table otherwise)."""
+    """Export audit entries (JSON with --json or --out, a table otherwise).
+
+    \b
+    Examples:
+      telgate audit export --since 2026-03-01
+      telgate audit export --since 2026-03-01 --out audit-march.json
+    """
     if since and len(since) == 10:
         since = f"{since}T00:00:00+00:00"
     answer = api().request("GET", "/v1/admin/audit", query={"since": since} if since else None)
@@ -282,7 +318,10 @@ def audit_export(since: str | None, out_file: Path | None, as_json: bool) -> Non
 main.add_command(cli_principals.customer)
 main.add_command(cli_principals.pbx)
 main.add_command(cli_vault.recordings)
+cli_vault.recordings.add_command(cli_access.recordings_get)  # break-glass: `recordings get`
 main.add_command(cli_vault.keys)
 main.add_command(cli_vault.vault)
 main.add_command(cli_data.cdr)
 main.add_command(cli_data.ingest)
+main.add_command(cli_releases.release)
+main.add_command(cli_access.access)

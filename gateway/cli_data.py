@@ -55,7 +55,12 @@ def quarantine() -> None:
 @json_option
 @handle_errors
 def quarantine_list(as_json: bool) -> None:
-    """List quarantined records (where from and why; never their content)."""
+    """List quarantined records (where from and why; never their content).
+
+    \b
+    Example:
+      telgate ingest quarantine list --json
+    """
     answer = api().request("GET", "/v1/admin/ingest/quarantine")
     rows = [
         (q["id"], q["received_at"], q["pbx"], q["format"], q["line"], q["reason"], q["replayed_at"] or "")

@@ -32,7 +32,12 @@ def customer_add(tenant: str, name: str, as_json: bool) -> None:
 @json_option
 @handle_errors
 def customer_list(as_json: bool) -> None:
-    """List customers."""
+    """List customers.
+
+    \b
+    Example:
+      telgate customer list --json
+    """
     answer = api().request("GET", "/v1/admin/customers")
     rows = [(c["tenant"], c["name"], c["created_at"]) for c in answer["customers"]]
     emit(as_json, answer, lambda: table("customers", ["tenant", "name", "created"], rows))
@@ -71,7 +76,12 @@ def pbx_add(name: str, tenant: str, timezone: str | None, country: str | None, c
 @json_option
 @handle_errors
 def pbx_list(as_json: bool) -> None:
-    """List PBXs."""
+    """List PBXs.
+
+    \b
+    Example:
+      telgate pbx list
+    """
     answer = api().request("GET", "/v1/admin/pbxs")
     rows = [
         (p["name"], p["tenant"], p["timezone"], p["country"], p["csv_columns"], "yes" if p["revoked"] else "")
@@ -85,6 +95,11 @@ def pbx_list(as_json: bool) -> None:
 @json_option
 @handle_errors
 def pbx_revoke(name: str, as_json: bool) -> None:
-    """Revoke a PBX's token."""
+    """Revoke a PBX's token.
+
+    \b
+    Example:
+      telgate pbx revoke pbx1
+    """
     answer = api().request("POST", f"/v1/admin/pbxs/{name}/revoke")
     emit(as_json, answer, lambda: out.print(f"PBX {name} revoked"))

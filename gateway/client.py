@@ -8,11 +8,12 @@ exit codes of INTERFACE.md through the same table as the server.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,54 @@ class AdminClient:
             raise self._error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             raise BackendUnavailableError(f"cannot reach the gateway at {self.url}: {exc}") from exc
+
+    def download(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        write: Callable[[bytes], None],
+        progress: Callable[[int, int | None], None] | None = None,
+        piece_size: int = 256 * 1024,
+    ) -> dict[str, str]:
+        """Send one request answered by a byte stream; hand each piece to ``write`` as it arrives.
+
+        ``progress(received, total)`` follows the transfer (total from Content-Length, or None).
+        Returns the response headers (lower-case names). Raises ``ApiError`` for an error answer and
+        ``BackendUnavailableError`` when the connection fails or the body ends short of its length.
+        """
+        url = self.url + path
+        if not url.startswith(("http://", "https://")):
+            raise BackendUnavailableError(f"server URL must start with http:// or https://: {self.url}")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked above
+        request.add_header("Accept", "application/octet-stream")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        received = 0
+        total: int | None = None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                headers = {name.lower(): value for name, value in response.headers.items()}
+                total = int(headers["content-length"]) if "content-length" in headers else None
+                if progress is not None:
+                    progress(0, total)
+                while piece := response.read(piece_size):
+                    write(piece)
+                    received += len(piece)
+                    if progress is not None:
+                        progress(received, total)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise BackendUnavailableError(
+                f"the transfer from {self.url} failed after {received} bytes: {type(exc).__name__}"
+            ) from exc
+        if total is not None and received != total:
+            raise BackendUnavailableError(f"the transfer was cut off after {received} of {total} bytes")
+        return headers
 
     @staticmethod
     def _error(exc: urllib.error.HTTPError) -> ApiError:

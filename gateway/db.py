@@ -119,6 +119,8 @@ class SqliteDatabase:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            # Deleted rows (shredded key rows, erased subjects) must not survive in the file's free pages.
+            self._conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.Error as exc:
             raise BackendUnavailableError(f"cannot open SQLite database {path}") from exc
         for suffix in ("-wal", "-shm"):

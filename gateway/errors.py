@@ -15,6 +15,7 @@
     ├── BackendUnavailableError  backend_unavailable 503 69 failure
     └── ConfigError              config        500    78   failure
 
+``gateway.access`` adds ``GrantExpiredError`` and ``GrantUsedError`` (``access.grant_*``, 410).
 ``ingest`` and ``vault`` keep their own trees (``IngestError``, ``VaultError``); ``describe`` maps
 them here by their ``code`` so that no other module needs to know protocol status codes.
 """
@@ -166,6 +167,9 @@ ERROR_TABLE: Final[dict[str, ErrorMapping]] = {
     "vault.recording_too_large": ErrorMapping(413, EXIT_BAD_INPUT, SFTP_FAILURE),
     "vault.key_in_use": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
     "vault.blob_exists": ErrorMapping(409, EXIT_BAD_INPUT, SFTP_FAILURE),
+    # gateway.access (410 Gone: the grant existed and is over; ask again)
+    "access.grant_expired": ErrorMapping(410, EXIT_PERMISSION, SFTP_PERMISSION_DENIED),
+    "access.grant_used": ErrorMapping(410, EXIT_PERMISSION, SFTP_PERMISSION_DENIED),
 }
 
 

@@ -41,13 +41,21 @@ PERMISSIONS: Final[dict[str, frozenset[Role]]] = {
     "pbx.manage": _GOVERNORS,
     "pbx.list": _GOVERNORS,
     "recordings.list": frozenset({Role.DPO, Role.TECH_MANAGER, Role.MANAGER}),
+    "recordings.break_glass": frozenset({Role.DPO}),
+    "access.request": frozenset({Role.DPO, Role.TECH_MANAGER, Role.MANAGER}),
+    "access.list": frozenset({Role.DPO, Role.TECH_MANAGER, Role.MANAGER}),
+    "access.decide": frozenset({Role.DPO}),
+    "access.fetch": frozenset({Role.DPO, Role.TECH_MANAGER, Role.MANAGER}),
     "keys.rotate": _GOVERNORS,
     "keys.list": _GOVERNORS,
     "keys.retire": frozenset({Role.DPO}),
     "vault.verify": _GOVERNORS,
+    "release.manage": _GOVERNORS,
+    "release.list": _GOVERNORS,
     "cdr.search": _GOVERNORS,
     "quarantine.read": _GOVERNORS,
     "quarantine.replay": _GOVERNORS,
+    "ingest.flush": _GOVERNORS,
 }
 
 

@@ -82,9 +82,6 @@ class SqlRecordingCatalog:
     def __init__(self, db: Database, audit: AuditTrail) -> None:
         self._db = db
         self._audit = audit
-        if db.dialect == "sqlite":
-            # A deleted key row must not survive in the free space of the database file.
-            db.fetch_one("PRAGMA secure_delete = ON")
 
     def _forget_deleted(self) -> None:
         """SQLite: checkpoint and truncate the WAL, whose older frames still hold the deleted key row.

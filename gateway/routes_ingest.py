@@ -9,7 +9,6 @@ row count it parses (``sscanf("%d")``) instead of JSON.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -86,7 +85,7 @@ def _handler(source_format: str) -> Callable[[web.Request], Awaitable[web.Respon
         if source_format == QUEUE_LOG_STORE:
             stored = result.accepted + result.duplicates
             return web.Response(text=f"{stored}\n", status=200 if stored else 400, content_type="text/plain")
-        return web.json_response(dataclasses.asdict(result), status=202)
+        return web.json_response(result.as_json(), status=202)
 
     ingest.__doc__ = f"Ingest a {source_format} body from a PBX."
     return ingest

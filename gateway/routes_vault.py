@@ -2,9 +2,9 @@
 
 Upload data flow (``PUT /v1/recordings/{call_id}``)::
 
-    socket --aiohttp--> request.content --1 MiB pieces--> to_thread(RecordingUpload.write)
-                                      (the next piece is received while the previous one is encrypted)
-    end of body --> to_thread(RecordingUpload.commit) --> 201 {recording_id, call_id, size, sha256}
+    socket --aiohttp--> request.content --1 MiB pieces (views, no copy)--> RecordingUpload.write_parts
+                        on an upload thread; the next piece is received while the previous one is encrypted
+    end of body --> RecordingUpload.commit (fsync, key row) --> 201 {recording_id, call_id, size, sha256}
 
 The body is never buffered whole and never written in plaintext. ``Expect: 100-continue`` clients
 (curl) are refused before they send the body when unauthenticated or over ``vault.max_recording_bytes``.
@@ -18,9 +18,12 @@ document.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +47,9 @@ from vault.service import (
 log = logging.getLogger("telgate.http")
 
 PIECE_SIZE = 1024 * 1024  # bytes handed to the encrypting thread at a time
+# Uploads encrypt and fsync on threads of their own, so that many large uploads at once queue among
+# themselves instead of filling the default executor that logins, ingest and the audit trail use.
+UPLOAD_THREADS = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="upload")
 MAX_CALL_ID_LENGTH = 128
 MAX_CONTENT_TYPE_LENGTH = 255
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -113,17 +119,33 @@ async def expect_upload(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-async def _read_piece(content: StreamReader, size: int) -> bytes:
-    """Up to ``size`` bytes of the body (fewer only at its end; empty at the end)."""
-    parts: list[bytes] = []
-    got = 0
-    while got < size:
-        data = await content.read(size - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+class BodyPieces:
+    """The request body as pieces of at most ``size`` bytes: views of aiohttp's buffers, never copied."""
+
+    def __init__(self, content: StreamReader, size: int) -> None:
+        self._content = content
+        self._size = size
+        self._carry: memoryview | None = None
+
+    async def next(self) -> list[memoryview]:
+        """The next piece as a list of consecutive views; empty at the end of the body."""
+        parts: list[memoryview] = []
+        got = 0
+        if self._carry is not None:
+            parts.append(self._carry[: self._size])
+            got = len(parts[0])
+            self._carry = self._carry[self._size :] or None
+        while got < self._size and self._carry is None:
+            chunk = await self._content.readany()
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            room = self._size - got
+            if len(view) > room:
+                view, self._carry = view[:room], view[room:]
+            parts.append(view)
+            got += len(view)
+        return parts
 
 
 async def put_recording(request: web.Request) -> web.Response:
@@ -133,24 +155,32 @@ async def put_recording(request: web.Request) -> web.Response:
     call_id = validate_call_id(request.match_info["call_id"])
     content_type = _content_type(request)
     _check_declared_size(request)
-    upload = await asyncio.to_thread(
-        gw.vault.begin_upload, tenant=pbx.tenant, pbx=pbx.name, call_id=call_id, content_type=content_type
+    loop = asyncio.get_running_loop()
+    begin = functools.partial(
+        gw.vault.begin_upload,
+        tenant=pbx.tenant,
+        pbx=pbx.name,
+        call_id=call_id,
+        content_type=content_type,
+        source=source_of(request),
     )
+    upload = await loop.run_in_executor(UPLOAD_THREADS, begin)
+    body = BodyPieces(request.content, PIECE_SIZE)
     pending: asyncio.Future[None] | None = None
     try:
         while True:
-            piece = await _read_piece(request.content, PIECE_SIZE)  # overlaps with the pending write
+            piece = await body.next()  # received while the previous piece is being encrypted
             if pending is not None:
                 await pending
                 pending = None
             if not piece:
                 break
-            pending = asyncio.ensure_future(asyncio.to_thread(upload.write, piece))
-        result = await asyncio.to_thread(upload.commit)
+            pending = loop.run_in_executor(UPLOAD_THREADS, upload.write_parts, piece)
+        result = await loop.run_in_executor(UPLOAD_THREADS, upload.commit)
     except BaseException:
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
-        await asyncio.to_thread(upload.abort)
+        await loop.run_in_executor(UPLOAD_THREADS, upload.abort)
         raise
     recording = result.recording
     if not result.created:
@@ -164,13 +194,13 @@ async def put_recording(request: web.Request) -> web.Response:
             source=source_of(request),
             details={"tenant": pbx.tenant, "call_id": call_id},
         )
-    body = {
+    answer = {
         "recording_id": recording.recording_id,
         "call_id": recording.call_id,
         "size": recording.size,
         "sha256": recording.sha256,
     }
-    return web.json_response(body, status=201 if result.created else 200)
+    return web.json_response(answer, status=201 if result.created else 200)
 
 
 # --- long work with progress ---------------------------------------------------------------------
@@ -383,4 +413,3 @@ async def verify_vault(request: web.Request, operator: Operator) -> web.StreamRe
 def setup(app: web.Application) -> None:
     """Add the PBX upload route."""
     app.router.add_put("/v1/recordings/{call_id}", put_recording, expect_handler=expect_upload)
-

@@ -22,31 +22,9 @@ from gateway.audit import Clock
 from gateway.datadir import load_host_key
 from gateway.settings import Settings
 from gateway.wiring import Gateway, build_gateway
-from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate, ReleaseSession, SftpServer
+from vault.sftp import ReleaseGate, SftpServer
 
 log = logging.getLogger("telgate.server")
-
-
-class ClosedReleaseGate:
-    """A gate with no releases: every login fails alike (until releases are wired in)."""
-
-    def authenticate(self, username: str, password: str, source_address: str) -> ReleaseSession | None:
-        """Refuse everyone."""
-        return None
-
-    def list_files(self, session: ReleaseSession) -> list[ReleasedFile]:
-        """Nothing to list."""
-        return []
-
-    def open_file(self, session: ReleaseSession, recording_id: str) -> RecordingReader:
-        """Nothing to open."""
-        raise FileNotFoundError(recording_id)
-
-    def file_completed(self, session: ReleaseSession, recording_id: str) -> None:
-        """Nothing completes."""
-
-    def session_closed(self, session: ReleaseSession) -> None:
-        """Nothing to clean up."""
 
 
 @dataclass
@@ -87,7 +65,10 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 async def start_server(
     settings: Settings, clock: Clock | None = None, gate: ReleaseGate[Any] | None = None
 ) -> RunningServer:
-    """Open backends and start both listeners; ports 0 in settings pick free ports."""
+    """Open backends and start both listeners; ports 0 in settings pick free ports.
+
+    The SFTP server asks ``gate`` (default: the gateway's ``SqlReleaseGate``) about every login and file.
+    """
     gateway = await asyncio.to_thread(build_gateway, settings, clock)
     app = create_app(gateway)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -105,15 +86,19 @@ async def start_server(
         settings.server.sftp_host,
         settings.server.sftp_port,
         load_host_key(gateway.layout),
-        gate or ClosedReleaseGate(),
+        gate or gateway.release_gate,
     )
     await asyncio.to_thread(sftp.start)
+    gateway.releases.public_port = sftp.bound_port
     return RunningServer(gateway, runner, sftp, http_port)
 
 
 def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # paramiko logs a traceback for every client that connects without speaking SSH (scanners, probes);
+    # telgate.sftp logs connections and failures itself, without the noise.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
     async def main() -> None:
         stop = asyncio.Event()

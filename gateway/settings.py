@@ -130,6 +130,31 @@ class VaultSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """Releases of recordings to customers over SFTP: credential lifetime, sessions, lock-out."""
+
+    default_ttl: timedelta = _setting(timedelta(hours=72), "Lifetime of a release credential without --ttl.")
+    max_ttl: timedelta = _setting(timedelta(days=30), "Longest lifetime an operator may give a credential.")
+    strict_single_session: bool = _setting(
+        False, "Allow exactly one SFTP session per credential (else more from the claiming address)."
+    )
+    max_failures: int = _setting(5, "Failed SFTP logins from one address before it is banned.")
+    failure_window: timedelta = _setting(timedelta(minutes=15), "Window in which failed SFTP logins count.")
+    ban: timedelta = _setting(timedelta(minutes=30), "How long a banned address is refused every SFTP login.")
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Access requests: the lifetime of a granted one-time password and how DPOs are told of requests."""
+
+    grant_ttl: timedelta = _setting(timedelta(hours=24), "How long an approved grant's one-time password is valid.")
+    webhook_url: Secret = _setting(  # noqa: RUF009 - a Secret never changes
+        Secret(""), "URL POSTed {request_id, recording_id} when a request waits; empty = none (secret)."
+    )
+    webhook_attempts: int = _setting(3, "Delivery attempts of one webhook notification (with back-off).")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one gateway node."""
 
@@ -139,6 +164,8 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
     lake: LakeSettings = field(default_factory=LakeSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -282,6 +309,18 @@ def validate(settings: Settings) -> None:
         raise ConfigError("setting vault.max_recording_bytes: must not be negative")
     if settings.vault.rewrap_batch_size < 1:
         raise ConfigError("setting vault.rewrap_batch_size: must be at least 1")
+    release = settings.release
+    if not timedelta(0) < release.default_ttl <= release.max_ttl:
+        raise ConfigError("setting release.default_ttl: must be positive and at most release.max_ttl")
+    if release.max_failures < 1:
+        raise ConfigError("setting release.max_failures: must be at least 1")
+    if settings.access.grant_ttl <= timedelta(0):
+        raise ConfigError("setting access.grant_ttl: must be positive")
+    webhook_url = settings.access.webhook_url.reveal()
+    if webhook_url and not webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("setting access.webhook_url: must start with http:// or https://")
+    if settings.access.webhook_attempts < 1:
+        raise ConfigError("setting access.webhook_attempts: must be at least 1")
     scheme = settings.metadata_url.split(":", 1)[0]
     if scheme not in {"sqlite", "postgresql"}:
         raise ConfigError(f"setting metadata.url: unknown scheme {scheme!r} (use sqlite:/// or postgresql://)")

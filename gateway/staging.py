@@ -5,7 +5,7 @@ Data flow::
     request -> parse/pseudonymise -> StagingWriter.stage()  (group commit: one transaction, one fsync,
                                        |                     for every request queued meanwhile)
                                        v
-             staged (pseudonymised records, JSON)  + dedupe (keys seen)  + quarantine (sealed rejects)
+             staged (pseudonymised rows, Arrow IPC)  + dedupe (keys seen)  + quarantine (sealed rejects)
                                        |
                       Flusher.flush_once(): read a batch in seq order -> lake.append(marker=max seq)
                                        -> delete staged rows <= marker
@@ -14,6 +14,19 @@ Exactly once: a record's dedupe key is inserted in the same transaction as the r
 record is a duplicate whether or not the first copy has reached the lake yet. The lake commit carries
 the highest staged seq it contains; after a crash between the lake commit and the staging delete,
 ``Flusher.reconcile`` deletes what the lake already has, so nothing is appended twice.
+
+Dedupe rows are keyed ``HHHHHHH:<first 128 bits of the record's dedupe key>``, where ``HHHHHHH`` is the
+UTC hour of the record's own time (start of the call, time of the event), zero-padded. A retried
+record carries the same time, so it finds its key; and keys arrive roughly in time order, so a batch
+of inserts touches a few B-tree pages of the current hours instead of pages all over a table of tens
+of millions of random keys (which cost 10-20 us per key and tens of MB of WAL per commit). Keys of a
+whole commit group are inserted with one statement reading a JSON array (``json_each``); only when
+that statement reports fewer new rows than keys (a retry, or the same record twice in a group) is it
+rolled back to a savepoint and redone with ``RETURNING``, to learn which records are new.
+
+Staged payloads are Arrow IPC streams (zstd) in the lake's schema: many small requests of one commit
+group share one staged row; a large request (a Master.csv batch parsed column-wise) keeps its own.
+Payloads written by earlier versions as JSON rows are still read.
 
 Backpressure: ``StagingWriter.stage`` raises ``OverloadedError`` (503 + Retry-After) once the staged
 backlog exceeds its limit.
@@ -25,6 +38,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import operator
 import queue
 import secrets
 import threading
@@ -33,10 +47,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc
+
 from gateway.audit import Clock
 from gateway.db import Database, Migrations, Transaction, utc_text
 from gateway.errors import OverloadedError
-from ingest.records import AcdEventRecord, CdrRecord
+from ingest.records import ACD_EVENT_SCHEMA, CDR_SCHEMA, AcdEventRecord, CdrRecord
 from vault.envelope import decrypt_bytes, encrypt_bytes
 
 log = logging.getLogger("telgate.staging")
@@ -83,6 +101,14 @@ Kind = Literal["cdr", "acd_event"]
 KINDS: tuple[Kind, ...] = ("cdr", "acd_event")
 Record = CdrRecord | AcdEventRecord
 
+SCHEMAS: dict[str, pa.Schema] = {"cdr": CDR_SCHEMA, "acd_event": ACD_EVENT_SCHEMA}
+TIME_COLUMNS: dict[str, str] = {"cdr": "start_at", "acd_event": "event_at"}
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+_IPC_PLAIN = pa.ipc.IpcWriteOptions()
+_COMPRESS_FROM_ROWS = 1000
+_ROW_GETTERS = {kind: operator.attrgetter(*schema.names) for kind, schema in SCHEMAS.items()}
+_US_PER_HOUR = 3_600_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -95,7 +121,7 @@ class Rejected:
 
 @dataclass(slots=True)
 class StageRequest:
-    """One request's records and rejects, staged atomically."""
+    """One request's records (objects, or an Arrow table in the kind's schema) and rejects, staged atomically."""
 
     kind: Kind
     tenant: str
@@ -103,6 +129,12 @@ class StageRequest:
     source_format: str
     records: Sequence[Record]
     rejects: Sequence[Rejected] = ()
+    table: pa.Table | None = None  # a large request parsed column-wise; ``records`` is then empty
+
+    @property
+    def size(self) -> int:
+        """How many records the request carries."""
+        return self.table.num_rows if self.table is not None else len(self.records)
 
 
 @dataclass(slots=True)
@@ -114,16 +146,69 @@ class StageOutcome:
     quarantined: list[str] = field(default_factory=list)
 
 
-def _encode_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1_000_000)
-    return value
+def staging_key(dedupe_key: str, at: datetime) -> str:
+    """The dedupe row of a record: UTC hour of its time, then 128 bits of its dedupe key (see module doc)."""
+    hour = max(0, int(at.timestamp()) // 3600)
+    return f"{hour:07d}:{dedupe_key[:32] if len(dedupe_key) == 64 else dedupe_key}"
+
+
+def staging_keys(table: pa.Table, kind: str) -> list[str]:
+    """``staging_key`` of every row of a table in the kind's schema (dedupe keys are SHA-256 hex)."""
+    micros = pc.cast(table.column(TIME_COLUMNS[kind]), pa.int64())
+    hours = pc.max_element_wise(pc.divide(micros, _US_PER_HOUR), 0)
+    keys = table.column("dedupe_key")
+    if pc.any(pc.not_equal(pc.utf8_length(keys), 64)).as_py():
+        times = table.column(TIME_COLUMNS[kind]).to_pylist()
+        return [staging_key(k, t) for k, t in zip(keys.to_pylist(), times, strict=True)]
+    joined = pc.binary_join_element_wise(
+        pc.utf8_lpad(pc.cast(hours, pa.string()), 7, "0"), pc.utf8_slice_codeunits(keys, 0, 32), ":"
+    )
+    return [str(key) for key in joined.to_pylist()]
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """Rows as an Arrow IPC stream: what the ``staged.payload`` column holds.
+
+    Large tables are zstd-compressed; small ones (a commit group of single CDRs) are not, since
+    compressing each of their small buffers costs more CPU than the bytes it saves are worth.
+    """
+    sink = pa.BufferOutputStream()
+    options = _IPC_OPTIONS if table.num_rows >= _COMPRESS_FROM_ROWS else _IPC_PLAIN
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def records_table(records: Sequence[Record], kind: str) -> pa.Table:
+    """Record objects of one kind as an Arrow table in the kind's schema (column by column)."""
+    schema = SCHEMAS[kind]
+    rows = [_ROW_GETTERS[kind](record) for record in records]
+    columns = zip(*rows, strict=True) if rows else ([] for _ in schema)
+    return pa.Table.from_arrays(
+        [pa.array(column, type=f.type) for column, f in zip(columns, schema, strict=True)], schema=schema
+    )
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
-    """Records as compact JSON rows (values in schema order; times as epoch microseconds)."""
-    rows = [[_encode_value(getattr(r, f.name)) for f in dataclasses.fields(r)] for r in records]
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode()
+    """Records of one kind as a staged payload (Arrow IPC)."""
+    kind = "acd_event" if records and isinstance(records[0], AcdEventRecord) else "cdr"
+    return encode_table(records_table(records, kind))
+
+
+def decode_table(kind: str, payload: bytes) -> pa.Table:
+    """A staged payload as an Arrow table in the kind's schema (JSON payloads of earlier versions too)."""
+    if payload[:1] == b"[":
+        return records_table(_decode_json_records(kind, payload), kind)
+    with pa.ipc.open_stream(payload) as reader:
+        return reader.read_all()
+
+
+def decode_records(kind: str, payload: bytes) -> list[Record]:
+    """A staged payload as record objects (search over staging; inverse of ``encode_records``)."""
+    if payload[:1] == b"[":
+        return _decode_json_records(kind, payload)
+    record_type = _RECORD_TYPES[kind]
+    return [record_type(**row) for row in decode_table(kind, payload).to_pylist()]
 
 
 _TIME_FIELDS = {
@@ -133,8 +218,8 @@ _TIME_FIELDS = {
 _RECORD_TYPES: dict[str, type[CdrRecord] | type[AcdEventRecord]] = {"cdr": CdrRecord, "acd_event": AcdEventRecord}
 
 
-def decode_records(kind: str, payload: bytes) -> list[Record]:
-    """Inverse of ``encode_records``."""
+def _decode_json_records(kind: str, payload: bytes) -> list[Record]:
+    """Payloads of earlier versions: JSON rows, values in schema order, times as epoch microseconds."""
     record_type = _RECORD_TYPES[kind]
     names = [f.name for f in dataclasses.fields(record_type)]
     times = _TIME_FIELDS[kind]
@@ -148,6 +233,35 @@ def decode_records(kind: str, payload: bytes) -> list[Record]:
     return out
 
 
+_CLAIM_SQL = {
+    "sqlite": "INSERT INTO dedupe (key, seen_at) SELECT value, ? FROM json_each(?) WHERE true"
+    " ON CONFLICT (key) DO NOTHING",
+    "postgresql": "INSERT INTO dedupe (key, seen_at) SELECT value, CAST(? AS TEXT)"
+    " FROM json_array_elements_text(CAST(? AS JSON)) AS keys(value) ON CONFLICT (key) DO NOTHING",
+}
+
+
+def claim_keys(tx: Transaction, keys: list[str], seen_at: str) -> list[bool]:
+    """Insert the dedupe rows of ``keys``; for each key, whether it is new (the first of equal keys wins)."""
+    if not keys:
+        return []
+    sql = _CLAIM_SQL[tx.dialect]
+    payload = json.dumps(keys)
+    tx.execute("SAVEPOINT claim_keys")
+    if tx.execute(sql, (seen_at, payload)) == len(keys):
+        tx.execute("RELEASE SAVEPOINT claim_keys")
+        return [True] * len(keys)
+    # Some keys were there already (or repeat within the batch): redo it, learning which ones are new.
+    tx.execute("ROLLBACK TO SAVEPOINT claim_keys")
+    tx.execute("RELEASE SAVEPOINT claim_keys")
+    inserted = {str(row["key"]) for row in tx.fetch_all(sql + " RETURNING key", (seen_at, payload))}
+    fresh: list[bool] = []
+    for key in keys:
+        fresh.append(key in inserted)
+        inserted.discard(key)
+    return fresh
+
+
 class StagingStore:
     """SQL operations on staging, dedupe and quarantine (blocking; called from the writer thread)."""
 
@@ -158,63 +272,99 @@ class StagingStore:
 
     def stage(self, tx: Transaction, request: StageRequest, now: datetime) -> StageOutcome:
         """Stage one request's new records and quarantine its rejects, inside ``tx``."""
-        outcome = StageOutcome()
+        return self.stage_many(tx, [request], now)[0]
+
+    def stage_many(self, tx: Transaction, requests: Sequence[StageRequest], now: datetime) -> list[StageOutcome]:
+        """Stage a commit group inside ``tx``: one dedupe statement for all, small requests share a row."""
         seen_at = utc_text(now)
-        fresh: list[Record] = []
-        for record in request.records:
-            inserted = tx.execute(
-                "INSERT INTO dedupe (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                (record.dedupe_key, seen_at),
-            )
-            if inserted:
-                fresh.append(record)
+        keys: list[str] = []
+        for request in requests:
+            if request.table is not None:
+                keys += staging_keys(request.table, request.kind)
             else:
-                outcome.duplicates += 1
-        if fresh:
-            counter = tx.fetch_one("UPDATE staging_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+                time_field = TIME_COLUMNS[request.kind]
+                keys += [staging_key(r.dedupe_key, getattr(r, time_field)) for r in request.records]
+        fresh = claim_keys(tx, keys, seen_at)
+        outcomes: list[StageOutcome] = []
+        shared: dict[tuple[str, str], list[Record]] = {}
+        payloads: list[tuple[str, str, int, bytes]] = []  # kind, tenant, records, payload
+        offset = 0
+        for request in requests:
+            flags = fresh[offset : offset + request.size]
+            offset += request.size
+            accepted = sum(flags)
+            outcomes.append(StageOutcome(accepted=accepted, duplicates=request.size - accepted))
+            if not accepted:
+                continue
+            if request.table is not None:
+                table = request.table if accepted == request.size else request.table.filter(pa.array(flags))
+                payloads.append((request.kind, request.tenant, accepted, encode_table(table)))
+            else:
+                group = shared.setdefault((request.kind, request.tenant), [])
+                group += [record for record, new in zip(request.records, flags, strict=True) if new]
+        for (kind, tenant), records in shared.items():
+            payloads.append((kind, tenant, len(records), encode_table(records_table(records, kind))))
+        if payloads:
+            counter = tx.fetch_one(
+                "UPDATE staging_counter SET value = value + ? WHERE id = 1 RETURNING value", (len(payloads),)
+            )
             assert counter is not None
-            tx.execute(
-                "INSERT INTO staged (seq, kind, tenant, records, payload, staged_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (int(counter["value"]), request.kind, request.tenant, len(fresh), encode_records(fresh), seen_at),
-            )
-        outcome.accepted = len(fresh)
-        for reject in request.rejects:
-            quarantine_id = "q_" + secrets.token_hex(8)
-            tx.execute(
-                "INSERT INTO quarantine (id, received_at, pbx, tenant, format, line, reason, sealed)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    quarantine_id,
-                    seen_at,
-                    request.pbx,
-                    request.tenant,
-                    request.source_format,
-                    reject.line,
-                    reject.reason,
-                    encrypt_bytes(reject.raw, self._sealing_key, quarantine_id),
-                ),
-            )
-            outcome.quarantined.append(quarantine_id)
-        return outcome
+            first_seq = int(counter["value"]) - len(payloads) + 1
+            for seq, (kind, tenant, count, payload) in enumerate(payloads, start=first_seq):
+                tx.execute(
+                    "INSERT INTO staged (seq, kind, tenant, records, payload, staged_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, kind, tenant, count, payload, seen_at),
+                )
+        for request, outcome in zip(requests, outcomes, strict=True):
+            for reject in request.rejects:
+                outcome.quarantined.append(self._quarantine(tx, request, reject, seen_at))
+        return outcomes
+
+    def _quarantine(self, tx: Transaction, request: StageRequest, reject: Rejected, seen_at: str) -> str:
+        quarantine_id = "q_" + secrets.token_hex(8)
+        tx.execute(
+            "INSERT INTO quarantine (id, received_at, pbx, tenant, format, line, reason, sealed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                quarantine_id,
+                seen_at,
+                request.pbx,
+                request.tenant,
+                request.source_format,
+                reject.line,
+                reject.reason,
+                encrypt_bytes(reject.raw, self._sealing_key, quarantine_id),
+            ),
+        )
+        return quarantine_id
 
     def backlog(self) -> int:
         """Records staged and not yet in the lake."""
         row = self._db.fetch_one("SELECT COALESCE(SUM(records), 0) AS n FROM staged")
         return int(row["n"]) if row else 0
 
-    def batch(self, kind: str, max_records: int) -> tuple[int, list[Record]]:
-        """The oldest staged rows of ``kind`` up to about ``max_records``: (highest seq, records)."""
-        rows = self._db.fetch_all(
-            "SELECT seq, records, payload FROM staged WHERE kind = ? ORDER BY seq LIMIT ?", (kind, 10_000)
-        )
-        records: list[Record] = []
-        last_seq = 0
+    def batch(self, kind: str, max_records: int) -> tuple[int, pa.Table | None]:
+        """The oldest staged rows of ``kind`` up to about ``max_records``: (highest seq, their records)."""
+        rows = self._db.fetch_all("SELECT seq, records FROM staged WHERE kind = ? ORDER BY seq LIMIT ?", (kind, 10_000))
+        seqs: list[int] = []
+        total = 0
         for row in rows:
-            if records and len(records) + int(row["records"]) > max_records:
+            if seqs and total + int(row["records"]) > max_records:
                 break
-            records.extend(decode_records(kind, bytes(row["payload"])))
-            last_seq = int(row["seq"])
-        return last_seq, records
+            seqs.append(int(row["seq"]))
+            total += int(row["records"])
+        if not seqs:
+            return 0, None
+        tables = []
+        for first in range(0, len(seqs), 500):
+            chunk = seqs[first : first + 500]
+            placeholders = ", ".join("?" * len(chunk))
+            for row in self._db.fetch_all(
+                f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only
+                chunk,
+            ):
+                tables.append(decode_table(kind, bytes(row["payload"])))
+        return seqs[-1], pa.concat_tables(tables)
 
     def oldest_staged_at(self, kind: str) -> datetime | None:
         """When the oldest staged row of ``kind`` arrived."""
@@ -327,7 +477,7 @@ class StagingWriter:
         try:
             now = self._clock.now()
             with self._db.transaction() as tx:
-                outcomes = [self._store.stage(tx, pending.request, now) for pending in group]
+                outcomes = self._store.stage_many(tx, [pending.request for pending in group], now)
         except Exception as exc:
             log.exception("staging commit of %d requests failed", len(group))
             for pending in group:
@@ -335,13 +485,18 @@ class StagingWriter:
             return
         with self._backlog_lock:
             self._backlog += sum(outcome.accepted for outcome in outcomes)
+        # One wake-up per event loop for the whole group, not one per request.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StageOutcome], StageOutcome]]] = {}
         for pending, outcome in zip(group, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, outcome)
+            by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
+        for loop, results in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, results)
 
 
-def _resolve(future: asyncio.Future[StageOutcome], outcome: StageOutcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
+def _resolve(results: list[tuple[asyncio.Future[StageOutcome], StageOutcome]]) -> None:
+    for future, outcome in results:
+        if not future.done():
+            future.set_result(outcome)
 
 
 def _fail(future: asyncio.Future[StageOutcome], exc: BaseException) -> None:

@@ -93,6 +93,17 @@ class SqlSubjectTokens:
             found.update(self._load_or_create(tenant, missing))
         return found
 
+    def cached_tokens(self, tenant: str, numbers: Iterable[str]) -> dict[str, str]:
+        """The tokens of ``numbers`` this node has cached (missing ones are left out); never blocks on I/O."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for number in set(numbers):
+                token = self._cache.get((tenant, number))
+                if token is not None:
+                    self._cache.move_to_end((tenant, number))
+                    found[number] = token
+        return found
+
     def _load_or_create(self, tenant: str, numbers: list[str]) -> dict[str, str]:
         lookups = {self.lookup_hash(number): number for number in numbers}
         now = utc_text(self._clock.now())

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import principals, recordings, staging, subjects
+from gateway import principals, recordings, releases, staging, subjects
+from gateway.access import MIGRATIONS as ACCESS_MIGRATIONS
+from gateway.access import AccessRequests
 from gateway.audit import AuditTrail, Clock
 from gateway.clock import SystemClock
 from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
@@ -19,6 +21,7 @@ from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.rbac import Role
 from gateway.recordings import SqlRecordingCatalog
+from gateway.releases import LakeCallDirectory, ReleaseStore, SqlReleaseGate
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
 from gateway.staging import StagingStore, StagingWriter
@@ -35,6 +38,8 @@ COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
     ("subjects", subjects.MIGRATIONS),
     ("vault", recordings.MIGRATIONS),
     ("staging", staging.MIGRATIONS),
+    ("access", ACCESS_MIGRATIONS),
+    ("releases", releases.MIGRATIONS),
 ]
 
 FIRST_DPO = "dpo"
@@ -61,6 +66,9 @@ class Gateway:
     staging_writer: StagingWriter
     ingest: IngestService
     flusher: Flusher
+    access: AccessRequests
+    releases: ReleaseStore
+    release_gate: SqlReleaseGate
 
     def close(self) -> None:
         """Release backends: finish queued staging commits first."""
@@ -95,6 +103,13 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         flush_interval=settings.ingest.flush_interval,
         dedupe_window=settings.ingest.dedupe_window,
     )
+    vault = _build_vault(settings, layout, db, audit, clock)
+    release_store = ReleaseStore(
+        db, vault, hashing, audit, clock, settings.release, calls=LakeCallDirectory(lake, db)
+    )
+    release_throttle = LoginThrottle(
+        db, max_failures=settings.release.max_failures, window=settings.release.failure_window, ban=settings.release.ban
+    )
     return Gateway(
         settings=settings,
         clock=clock,
@@ -111,12 +126,28 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         ),
         principals=PrincipalStore(db),
         subjects=subject_tokens,
-        vault=_build_vault(settings, layout, db, audit, clock),
+        vault=vault,
         lake=lake,
         staging=staging_store,
         staging_writer=writer,
         ingest=IngestService(subject_tokens, writer, clock),
         flusher=flusher,
+        access=AccessRequests(
+            db,
+            audit,
+            hashing,
+            LoginThrottle(  # wrong grant passwords (scope "grant"), scored like logins
+                db,
+                max_failures=security.login_max_failures,
+                window=security.login_failure_window,
+                ban=security.login_ban,
+            ),
+            vault,
+            clock,
+            settings.access.grant_ttl,
+        ),
+        releases=release_store,
+        release_gate=SqlReleaseGate(release_store, vault, hashing, release_throttle, audit, clock),
     )
 
 

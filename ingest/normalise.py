@@ -31,9 +31,11 @@ bytes preceded by its length as an 8-byte big-endian integer, so that no two par
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -93,15 +95,31 @@ def to_e164(digits: str, ctx: PbxContext, *, require_valid: bool = False) -> str
 
     ``require_valid=False`` accepts any number whose length is possible for its country (not
     "local only"); ``True`` needs ``phonenumbers.is_valid_number`` (an allocated range).
+    Results are cached per (digits, country, dial prefixes); a digit string whose length cannot be
+    possible in the country (Asterisk uniqueids, long ids) is answered without ``phonenumbers``.
     """
+    return _e164(digits, ctx.country, ctx.dial_prefixes, require_valid)
+
+
+def _e164(digits: str, country: str, dial_prefixes: tuple[str, ...], require_valid: bool) -> str | None:
     candidates = [digits]
     if not digits.startswith("+"):
-        candidates += [digits[len(p) :] for p in ctx.dial_prefixes if digits.startswith(p)]
+        candidates += [digits[len(p) :] for p in dial_prefixes if digits.startswith(p)]
+    if all(_impossible_length(candidate, country) for candidate in candidates):
+        return None  # unique ids would only evict useful entries from the cache
+    return _e164_cached(digits, country, dial_prefixes, require_valid)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _e164_cached(digits: str, country: str, dial_prefixes: tuple[str, ...], require_valid: bool) -> str | None:
+    candidates = [digits]
+    if not digits.startswith("+"):
+        candidates += [digits[len(p) :] for p in dial_prefixes if digits.startswith(p)]
     for candidate in candidates:
         if len(candidate.lstrip("+")) < MIN_NUMBER_DIGITS:
             continue
         try:
-            number = phonenumbers.parse(candidate, ctx.country)
+            number = phonenumbers.parse(candidate, country)
         except phonenumbers.NumberParseException:
             continue
         if require_valid:
@@ -113,10 +131,80 @@ def to_e164(digits: str, ctx: PbxContext, *, require_valid: bool = False) -> str
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _NumberingPlan:
+    """What ``phonenumbers.parse`` does to a national-format digit string of one region, by length."""
+
+    idd: re.Pattern[str] | None  # the region's international prefix (a match means "not national")
+    country_code: str
+    national_prefixes: tuple[str, ...]  # literal national prefixes, tried in order (regex alternation)
+    possible_lengths: frozenset[int]  # national significant number lengths that can be possible or valid
+
+
+@functools.cache
+def _numbering_plan(country: str) -> _NumberingPlan | None:
+    """The plan of ``country``, or None when its national prefix rule is not a plain list of digits."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(country, None)
+    if metadata is None or metadata.national_prefix_transform_rule:
+        return None
+    prefix_rule = metadata.national_prefix_for_parsing
+    if prefix_rule and not re.fullmatch(r"\d+(?:\|\d+)*", prefix_rule):
+        return None
+    # Possibility is judged with the main region of the calling code, validity with the region the
+    # number belongs to: take every region of the calling code, so that the set is never too small.
+    lengths: set[int] = set()
+    for region in phonenumbers.region_codes_for_country_code(metadata.country_code):
+        shared = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(metadata.country_code, region)
+        if shared is None:
+            return None
+        lengths.update(shared.general_desc.possible_length)
+    return _NumberingPlan(
+        idd=re.compile(metadata.international_prefix) if metadata.international_prefix else None,
+        country_code=str(metadata.country_code),
+        national_prefixes=tuple(prefix_rule.split("|")) if prefix_rule else (),
+        possible_lengths=frozenset(lengths),
+    )
+
+
+def _impossible_length(candidate: str, country: str) -> bool:
+    """True only when ``phonenumbers`` would certainly not find a possible number in ``candidate``.
+
+    For an ASCII digit string that carries no international prefix and does not start with the
+    country's calling code, ``phonenumbers.parse`` keeps the default country and at most strips one
+    literal national prefix, so the national significant number is the string itself or the string
+    less that prefix; when neither length is a possible length of the country, neither is valid.
+    Anything else (``+``, IDD, calling code, regex or transforming prefix rules) answers False.
+    """
+    if len(candidate) < MIN_NUMBER_DIGITS:
+        return True  # to_e164 skips candidates this short without asking phonenumbers
+    if not (candidate.isascii() and candidate.isdigit()):
+        return False
+    plan = _numbering_plan(country)
+    if plan is None or candidate.startswith(plan.country_code):
+        return False
+    if plan.idd is not None and plan.idd.match(candidate):
+        return False
+    lengths = {len(candidate)}
+    for prefix in plan.national_prefixes:
+        if candidate.startswith(prefix):
+            lengths.add(len(candidate) - len(prefix))
+            break
+    return not lengths & plan.possible_lengths
+
+
 def parse_party(text: str | None, ctx: PbxContext) -> Party:
     """Classify a caller/callee field as extension, subject (E.164), withheld, none or redacted."""
     if text is None:
         return NONE_PARTY
+    if len(text) > _PARTY_CACHE_MAX_TEXT:
+        return _parse_party(text, ctx.country, ctx.dial_prefixes, ctx.extension_max_digits)
+    return _parse_party_cached(text, ctx.country, ctx.dial_prefixes, ctx.extension_max_digits)
+
+
+_PARTY_CACHE_MAX_TEXT = 80  # longer values are parsed every time instead of filling the cache
+
+
+def _parse_party(text: str, country: str, dial_prefixes: tuple[str, ...], extension_max_digits: int) -> Party:
     value = text.strip()
     if not value:
         return NONE_PARTY
@@ -132,18 +220,26 @@ def parse_party(text: str | None, ctx: PbxContext) -> Party:
         compact = compact[1:]
     if _DIGIT_STRING.fullmatch(compact):
         digit_count = len(compact) - compact.startswith("+")
-        if not compact.startswith("+") and digit_count <= ctx.extension_max_digits:
+        if not compact.startswith("+") and digit_count <= extension_max_digits:
             return Party(PartyKind.EXTENSION, user)
-        e164 = to_e164(compact, ctx)
+        e164 = _e164(compact, country, dial_prefixes, False)
         return Party(PartyKind.SUBJECT, e164) if e164 else REDACTED_PARTY
     if not was_uri and _EXTENSION_TEXT.fullmatch(user) and digit_count_of(user) < MIN_NUMBER_DIGITS:
         return Party(PartyKind.EXTENSION, user)
     return REDACTED_PARTY
 
 
+_parse_party_cached = functools.lru_cache(maxsize=65_536)(_parse_party)
+
+_ASCII_DIGITS = b"0123456789"
+
+
 def digit_count_of(text: str) -> int:
     """Number of decimal digits in ``text``, any script (fullwidth digits are still a phone number)."""
-    return sum(1 for ch in text if ch.isdecimal())
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ASCII_DIGITS))
+    return sum(map(str.isdecimal, text))
 
 
 def clid_number(clid: str | None) -> str | None:
@@ -163,6 +259,7 @@ def clid_number(clid: str | None) -> str | None:
 _LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
 _EPOCH = re.compile(r"(\d{1,12})(?:\.(\d{1,9}))?")
 _MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
+_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def localise(
@@ -175,7 +272,8 @@ def localise(
 
 def parse_local_time(text: str, tz: ZoneInfo) -> datetime:
     """Parse ``YYYY-MM-DD HH:MM:SS[.ffffff]`` written in ``tz`` into a UTC datetime (ValueError if bad)."""
-    match = _LOCAL_TIME.fullmatch(text.strip())
+    value = text.strip()
+    match = _LOCAL_TIME.fullmatch(value)
     if not match:
         raise ValueError("not a local time")
     y, mo, d, h, mi, s, frac = match.groups()
@@ -189,6 +287,13 @@ def parse_local_time(text: str, tz: ZoneInfo) -> datetime:
 def epoch_to_utc(value: str | int) -> datetime | None:
     """UTC datetime of epoch seconds (fraction allowed); 0 -> None; ValueError if not an epoch."""
     text = str(value).strip()
+    if text.isascii() and text.isdigit() and len(text) <= 12:  # the common shape, no regex
+        whole = int(text)
+        if whole == 0:
+            return None
+        if whole > _MAX_EPOCH:
+            raise ValueError("epoch seconds out of range")
+        return _EPOCH_START + timedelta(seconds=whole)
     match = _EPOCH.fullmatch(text)
     if not match:
         raise ValueError("not epoch seconds")

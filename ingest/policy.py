@@ -28,9 +28,11 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import overload
+from typing import Protocol, overload, runtime_checkable
 
 from ingest.context import PbxContext
 from ingest.normalise import MIN_NUMBER_DIGITS, digit_count_of, parse_party, to_e164
@@ -107,6 +109,15 @@ EXTRA_POLICY: Mapping[str, Action] = {
 }
 
 
+@runtime_checkable
+class BatchSubjectTokens(Protocol):
+    """A ``SubjectTokens`` that can also look many numbers up in one call (the SQL implementation)."""
+
+    def tokens_for(self, tenant: str, numbers: Iterable[str]) -> dict[str, str]:
+        """Tokens of ``numbers`` for ``tenant``, creating the missing ones together."""
+        ...
+
+
 class _Role(enum.Enum):
     NUMBER = "number"
     NAME = "name"
@@ -145,6 +156,35 @@ def _protected_spans(text: str) -> list[tuple[int, int]]:
     return merged
 
 
+class _BoundedCache:
+    """A small thread-safe LRU map (dict order; ``get`` refreshes an entry)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, tuple[str, ...], str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, tuple[str, ...], str]) -> str | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, tuple[str, ...], str], value: str) -> None:
+        with self._lock:
+            self._entries[key] = value
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+# Scrub results that hold no subject token depend on the text and the PBX's numbering only, so they are
+# shared between requests ("sofia/internal/601@192.0.2.10:5060" is scrubbed once, not per CDR). Results
+# with a token are never shared: after an erasure the number must get a new token, not the old one.
+_TOKEN_FREE_SCRUBS = _BoundedCache(65_536)
+_SCRUB_CACHE_MAX_TEXT = 256
+
+
 class Pseudonymiser:
     """Applies the policy for one PBX, remembering the token of each number it has already seen."""
 
@@ -152,6 +192,7 @@ class Pseudonymiser:
         self._ctx = ctx
         self._tokens = tokens
         self._memo: dict[str, str] = {}
+        self._tokenised = False  # set when the scrub in progress put a subject token in its output
 
     def token(self, e164: str) -> str:
         """Subject token of an E.164 number (looked up once per Pseudonymiser)."""
@@ -160,6 +201,18 @@ class Pseudonymiser:
             token = self._tokens.token_for(self._ctx.tenant, e164)
             self._memo[e164] = token
         return token
+
+    def prefetch(self, numbers: Iterable[str]) -> None:
+        """Look the tokens of many E.164 numbers up at once (one transaction for all the new ones)."""
+        wanted = {number for number in numbers if number not in self._memo}
+        if not wanted:
+            return
+        batch_lookup = getattr(self._tokens, "tokens_for", None)  # BatchSubjectTokens (isinstance is slow)
+        if batch_lookup is not None:
+            self._memo.update(batch_lookup(self._ctx.tenant, wanted))
+        else:
+            for number in wanted:
+                self.token(number)
 
     def party(self, party: Party) -> str | None:
         """TOKENISE: a subject's token, an extension as written (scrubbed), else None."""
@@ -187,7 +240,10 @@ class Pseudonymiser:
         if digit_count_of(run) < MIN_NUMBER_DIGITS:
             return run
         e164 = to_e164(_SEPARATORS.sub("", run), self._ctx, require_valid=True)
-        return self.token(e164) if e164 else REDACTED
+        if e164 is None:
+            return REDACTED
+        self._tokenised = True
+        return self.token(e164)
 
     def _scrub_segment(self, segment: str) -> str:
         return _NUMBER_RUN.sub(self._replace_number, segment)
@@ -200,6 +256,11 @@ class Pseudonymiser:
         """SCRUB: replace every phone-number-like digit run by its token or ``[redacted]``."""
         if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
             return text
+        cache_key = (self._ctx.country, self._ctx.dial_prefixes, text)
+        cached = _TOKEN_FREE_SCRUBS.get(cache_key)
+        if cached is not None:
+            return cached
+        self._tokenised = False
         out: list[str] = []
         position = 0
         for start, end in _protected_spans(text):
@@ -207,7 +268,10 @@ class Pseudonymiser:
             out.append(text[start:end])
             position = end
         out.append(self._scrub_segment(text[position:]))
-        return "".join(out)
+        scrubbed = "".join(out)
+        if not self._tokenised and len(text) <= _SCRUB_CACHE_MAX_TEXT:
+            _TOKEN_FREE_SCRUBS.put(cache_key, scrubbed)
+        return scrubbed
 
     def extra_json(self, extra: Mapping[str, str]) -> str | None:
         """Scrubbed ``extra`` as a JSON object (keys sorted), or None when nothing is left."""
@@ -328,6 +392,12 @@ def pseudonymise_all(
 ) -> list[CdrRecord] | list[AcdEventRecord]:
     """Pseudonymise a parsed batch, looking each number's token up once for the whole batch."""
     pseudonymiser = Pseudonymiser(ctx, tokens)
+    pseudonymiser.prefetch(
+        party.value
+        for raw in records
+        for party in ((raw.caller, raw.callee) if isinstance(raw, RawCdr) else (raw.caller,))
+        if party.kind is PartyKind.SUBJECT and party.value
+    )
     cdrs: list[CdrRecord] = []
     events: list[AcdEventRecord] = []
     for raw in records:

@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, BinaryIO, ClassVar, Final, Protocol
 
 from vault.envelope import DEFAULT_CHUNK_SIZE, EnvelopeReader, EnvelopeWriter, new_data_key
 from vault.errors import BlobNotFoundError, CorruptRecordingError, KeyNotFoundError, VaultError
@@ -48,6 +50,7 @@ from vault.ports import BlobStore, Clock, KeyProvider, WrappedKey
 
 __all__ = [
     "AuditEvent",
+    "BytesLike",
     "DamagedRecording",
     "IntegrityReport",
     "KeyInUseError",
@@ -76,6 +79,21 @@ RECORDING_ID_PREFIX: Final = "rec_"
 DEFAULT_REWRAP_BATCH: Final = 500
 _VERIFY_PROGRESS_STEP: Final = 64 * 1024 * 1024
 
+_PARALLEL_HASH_MIN: Final = 256 * 1024
+_hasher_pool: ThreadPoolExecutor | None = None
+_hasher_lock = threading.Lock()
+
+
+def _hashers() -> ThreadPoolExecutor:
+    """Threads that hash upload pieces alongside their encryption (one piece per upload at a time)."""
+    global _hasher_pool  # one pool per process, created on first use
+    with _hasher_lock:
+        if _hasher_pool is None:
+            _hasher_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="vault-sha")
+        return _hasher_pool
+
+
+BytesLike = bytes | bytearray | memoryview
 Progress = Callable[[int, int], None]
 """Called with (done, total) as long work advances (rows for rotation, bytes for verification)."""
 
@@ -329,12 +347,13 @@ class RecordingUpload:
 
     Only the pieces and one pending envelope chunk are ever in memory. Any error, and ``abort``,
     discards the partial blob. Calls are serialised by a lock, so ``abort`` from another thread waits
-    for a ``write`` in flight.
+    for a ``write`` in flight. ``pieces`` and ``largest_piece`` count what the writes handed over.
     """
 
     def __init__(self, vault: RecordingVault, recording_id: str, tenant: str, pbx: str, call_id: str,
-                 content_type: str) -> None:  # fmt: skip
+                 content_type: str, source: str) -> None:  # fmt: skip
         self._vault = vault
+        self._source = source
         self.recording_id = recording_id
         self._tenant, self._pbx, self._call_id, self._content_type = tenant, pbx, call_id, content_type
         self._lock = threading.Lock()
@@ -347,6 +366,7 @@ class RecordingUpload:
         except BaseException as exc:
             self._blob.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        self._writeback = _EarlyWriteback(out)
         self._size = 0
         self._done = False
         self.pieces = 0
@@ -357,26 +377,45 @@ class RecordingUpload:
         """Plaintext bytes received so far."""
         return self._size
 
-    def write(self, piece: bytes | bytearray | memoryview) -> None:
+    def write(self, piece: BytesLike) -> None:
         """Hash and encrypt one piece; ``RecordingTooLargeError`` (and the upload aborted) over the limit."""
+        self.write_parts((piece,))
+
+    def write_parts(self, parts: Sequence[BytesLike]) -> None:
+        """Hash and encrypt consecutive parts as one piece (views of received buffers: no copy)."""
         with self._lock:
             if self._done:
                 raise ValueError("write to a finished upload")
-            length = len(piece)
+            length = sum(len(part) for part in parts)
             if self._size + length > self._vault.max_recording_bytes:
                 self._abort_locked()
                 raise RecordingTooLargeError(
                     f"the recording exceeds the maximum of {self._vault.max_recording_bytes} bytes"
                 )
             try:
-                self._hash.update(piece)
-                self._writer.write(piece)
+                if length >= _PARALLEL_HASH_MIN:
+                    # SHA-256 releases the GIL: hash on another core while this thread seals and writes.
+                    hashed = _hashers().submit(self._hash_parts, parts)
+                    try:
+                        for part in parts:
+                            self._writer.write(part)
+                    finally:
+                        hashed.result()
+                else:
+                    self._hash_parts(parts)
+                    for part in parts:
+                        self._writer.write(part)
+                self._writeback.advance()
             except BaseException:
                 self._abort_locked()
                 raise
             self._size += length
             self.pieces += 1
             self.largest_piece = max(self.largest_piece, length)
+
+    def _hash_parts(self, parts: Sequence[BytesLike]) -> None:
+        for part in parts:
+            self._hash.update(part)
 
     def commit(self) -> StoreResult:
         """Seal and commit the blob, then record it; a duplicate returns the existing recording."""
@@ -403,7 +442,7 @@ class RecordingUpload:
                 received_at=self._vault.clock.now(),
                 blob_id=self.recording_id,
             )
-            return self._vault._record(recording, data_key)
+            return self._vault._record(recording, data_key, self._source)
 
     def abort(self) -> None:
         """Discard the upload (idempotent)."""
@@ -426,6 +465,43 @@ class RecordingUpload:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+class _EarlyWriteback:
+    """Starts the disk writeback of a local blob while it grows, so that the commit's fsync is short.
+
+    ``POSIX_FADV_DONTNEED`` on the range written so far makes Linux write those pages out now, in the
+    background, and not keep them cached (nobody reads a blob right after storing it). Without it the
+    whole recording sits dirty in the page cache until the final fsync, which then waits for all of it.
+    A writer that is not a local file is left alone.
+    """
+
+    STEP: Final = 8 * 1024 * 1024
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._fd: int | None = None
+        self._started = 0
+        if hasattr(os, "posix_fadvise"):
+            try:
+                self._fd = out.fileno()
+            except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+                self._fd = None
+
+    def advance(self) -> None:
+        """Hand everything written since the last call (once there is ``STEP`` of it) to the disk."""
+        if self._fd is None:
+            return
+        end = self._out.tell()
+        if end - self._started < self.STEP:
+            return
+        try:
+            self._out.flush()
+            os.posix_fadvise(self._fd, self._started, end - self._started, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            self._fd = None  # a filesystem that refuses: the final fsync does all the work, as before
+            return
+        self._started = end
 
 
 class _UploadAbortedError(Exception):
@@ -463,25 +539,26 @@ class RecordingVault:
 
     # --- store and read ---------------------------------------------------------------------------
 
-    def begin_upload(self, *, tenant: str, pbx: str, call_id: str, content_type: str) -> RecordingUpload:
-        """Start streaming a recording for (tenant, call id) from PBX ``pbx``."""
-        return RecordingUpload(self, new_recording_id(), tenant, pbx, call_id, content_type)
+    def begin_upload(
+        self, *, tenant: str, pbx: str, call_id: str, content_type: str, source: str = ""
+    ) -> RecordingUpload:
+        """Start streaming a recording for (tenant, call id) from PBX ``pbx`` (at address ``source``)."""
+        return RecordingUpload(self, new_recording_id(), tenant, pbx, call_id, content_type, source)
 
-    def store(
-        self, pieces: Iterable[bytes], *, tenant: str, pbx: str, call_id: str, content_type: str
-    ) -> StoreResult:
+    def store(self, pieces: Iterable[bytes], *, tenant: str, pbx: str, call_id: str, content_type: str) -> StoreResult:
         """Store a recording from an iterable of pieces (blocking; see ``begin_upload`` to pipeline)."""
         with self.begin_upload(tenant=tenant, pbx=pbx, call_id=call_id, content_type=content_type) as upload:
             for piece in pieces:
                 upload.write(piece)
             return upload.commit()
 
-    def _record(self, recording: Recording, data_key: bytes) -> StoreResult:
+    def _record(self, recording: Recording, data_key: bytes, source: str) -> StoreResult:
         event = AuditEvent(
             actor=recording.pbx,
             role="pbx",
             action="recording.store",
             object=recording.recording_id,
+            source=source,
             details={"tenant": recording.tenant, "call_id": recording.call_id, "size": recording.size},
         )
         try:
@@ -657,6 +734,8 @@ class RecordingVault:
             after = batch[-1].recording_id
             for recording in batch:
                 problem = self._check(recording, tracker.within)
+                if problem and self.catalog.get(recording.recording_id).shredded:
+                    problem = None  # shredded while we looked: not damage
                 checked += 1
                 tracker.finish(recording.size)
                 if problem:
@@ -700,7 +779,6 @@ class RecordingVault:
             _LOG.warning("vault: recording %s decrypts but its SHA-256 differs", recording.recording_id)
             return "sha256 differs from the catalog"
         return None
-
 
 
 class _ByteProgress:

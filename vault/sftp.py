@@ -14,12 +14,17 @@ Data flow::
 
 ``ReleaseGate`` owns every decision: ``authenticate`` claims the credential, binds it to the source
 address, scores failures and audits; it answers ``None`` for every kind of failure, and the server
-turns all of them into the same SSH authentication failure. When the client closes a handle (an
-SFTP CLOSE, not a dropped connection) and the connection has by then returned every byte of that
-recording at least once (across all its handles), ``file_completed`` is called exactly once and the
-file leaves the listing. An empty recording is complete once a handle on it is opened and closed.
-A partial download, or reading one half twice, completes nothing; nor does a handle the client never
-closes (lftp's ``get x; bye`` often hangs up before sending the CLOSE: a later command flushes it).
+turns all of them into the same SSH authentication failure. When the client closes a handle and the
+connection has by then returned every byte of that recording at least once (across all its
+handles), ``file_completed`` is called exactly once and the file leaves the listing. An empty
+recording is complete once a handle on it is opened and closed. A partial download, or reading one
+half twice, completes nothing.
+
+What closes a handle "by the client": an SFTP CLOSE, and also a clean end of the session that the
+client initiates (it sends channel EOF or CLOSE on the SFTP channel, or an SSH disconnect message),
+which closes every handle it left open: lftp's ``get x; bye`` often hangs up before sending the
+CLOSE of the last file. A dropped connection (socket error, reset, TCP close without an SSH
+goodbye, idle timeout, server shutdown) closes its handles without completing anything.
 Coverage lives in the connection, so a download resumed over a new connection starts from nothing.
 ``session_closed`` follows the end of every authenticated connection, after its handles are closed.
 
@@ -29,8 +34,13 @@ known code is a plain failure, its detail in the log only::
 
     SftpRefusedError (this module)      not_found -> no such file     forbidden -> permission denied
                                         unsupported -> op unsupported  anything else -> failure
-    errors raised by the gate/readers   vault.blob_not_found, not_found -> no such file
+    errors raised by the gate/readers   not_found, vault.blob_not_found, vault.recording_not_found,
+                                        vault.recording_shredded -> no such file
+                                        unauthenticated, rate_limited -> permission denied
                                         vault.corrupt and the rest -> failure
+
+The vault cannot import ``gateway``, so the table is its own; for every code that
+``gateway.errors.ERROR_TABLE`` also knows, the statuses agree (a test in tests/gateway checks it).
 
 Passwords are never logged; usernames and source addresses are.
 """
@@ -55,7 +65,13 @@ from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, cast
 
 import paramiko
-from paramiko.common import AUTH_FAILED, AUTH_SUCCESSFUL, OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, OPEN_SUCCEEDED
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    MSG_CHANNEL_CLOSE,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
 from paramiko.sftp import (
     CMD_DATA,
     CMD_EXTENDED,
@@ -97,12 +113,16 @@ PREFERRED_MACS: Final = (
 SFTP_STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "not_found": SFTP_NO_SUCH_FILE,
     "forbidden": SFTP_PERMISSION_DENIED,
+    "unauthenticated": SFTP_PERMISSION_DENIED,
+    "rate_limited": SFTP_PERMISSION_DENIED,
     "unsupported": SFTP_OP_UNSUPPORTED,
     "is_a_directory": SFTP_FAILURE,
     "not_a_directory": SFTP_FAILURE,
     "too_many_handles": SFTP_FAILURE,
     "short_read": SFTP_FAILURE,
     "vault.blob_not_found": SFTP_NO_SUCH_FILE,
+    "vault.recording_not_found": SFTP_NO_SUCH_FILE,
+    "vault.recording_shredded": SFTP_NO_SUCH_FILE,
     "vault.corrupt": SFTP_FAILURE,
 }
 
@@ -264,6 +284,8 @@ class _Connection(paramiko.ServerInterface):
         self.session: ReleaseSession | None = None
         self.settled = threading.Event()  # authenticated, gave up, or the transport ended
         self.ended = threading.Event()
+        self.client_disconnected = threading.Event()  # the client sent SSH_MSG_DISCONNECT
+        self.channels_closed_by_client: set[int] = set()  # channel ids the client sent CHANNEL_CLOSE for
         self.subsystems: list[_ReleaseSubsystem] = []
         self._auth_failures = 0
         self._lock = threading.Lock()
@@ -581,11 +603,12 @@ class _ReleaseFolder(paramiko.SFTPServerInterface):
             raise TypeError("the release folder only serves telgate connections")
         self.connection = server
         self.ending = False
+        self.ended_by_client = False  # set by the subsystem just before the session ends
 
     def session_ended(self) -> None:
-        # paramiko calls this before closing the handles a vanished client left open: those
-        # closes must not complete anything.
-        self.ending = True
+        # paramiko calls this before closing the handles the client left open: those closes
+        # complete recordings only when the client ended the session cleanly (lftp's "get; bye").
+        self.ending = not self.ended_by_client
 
     def canonicalize(self, path: str) -> str:
         return canonical_path(path)
@@ -678,6 +701,12 @@ class _ParamikoSftpInternals(Protocol):
     def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None: ...
 
 
+class _ParamikoTransportInternals(Protocol):
+    """The undocumented paramiko.Transport method this module extends (logs a client's goodbye)."""
+
+    def _parse_disconnect(self, m: paramiko.Message) -> None: ...
+
+
 def _sftp_packet(kind: int, body: bytes) -> bytes:
     return struct.pack(">IB", len(body) + 1, kind) + body
 
@@ -701,6 +730,7 @@ class _ReleaseSubsystem(paramiko.SFTPServer):
         self._connection = connection
         self._channel = channel
         self._max_request = connection.limits.max_read_length + 1024
+        self._at_eof = False  # the channel delivered everything it will (client EOF, close, or drop)
 
     def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
         self._connection.touch()
@@ -765,11 +795,31 @@ class _ReleaseSubsystem(paramiko.SFTPServer):
         data = self._read_all(size)
         return data[0], data[1:]
 
+    def finish_subsystem(self) -> None:
+        folder = self.server
+        if isinstance(folder, _ReleaseFolder):
+            folder.ended_by_client = self._ended_by_client()
+            if folder.ended_by_client:
+                logger.info("client %s ended its SFTP session cleanly", self._connection.peer)
+        super().finish_subsystem()
+
+    def _ended_by_client(self) -> bool:
+        """Whether the session ended because the client said goodbye, not because the connection broke."""
+        if not self._at_eof:
+            return False  # the loop stopped on an error of ours or a malformed packet
+        connection = self._connection
+        return (
+            bool(self._channel.eof_received)
+            or self._channel.get_id() in connection.channels_closed_by_client
+            or connection.client_disconnected.is_set()
+        )
+
     def _read_all(self, n: int) -> bytes:
         parts = []
         while n > 0:
             chunk = self._channel.recv(n)
             if not chunk:
+                self._at_eof = True
                 raise EOFError
             parts.append(chunk)
             n -= len(chunk)
@@ -792,6 +842,22 @@ class _ReleaseTransport(paramiko.Transport):
     def __init__(self, sock: socket.socket, connection: _Connection, *, window_size: int, max_packet_size: int):
         super().__init__(sock, default_window_size=window_size, default_max_packet_size=max_packet_size)
         self._telgate_connection = connection
+        # paramiko dispatches channel messages through this (class-level) table; a per-instance copy
+        # notes which channels the client itself closed before paramiko handles the close.
+        handlers = dict(cast(Mapping[int, Callable[..., None]], vars(paramiko.Transport)["_channel_handler_table"]))
+        close_channel = handlers[MSG_CHANNEL_CLOSE]
+
+        def client_closed(channel: paramiko.Channel, message: paramiko.Message) -> None:
+            connection.channels_closed_by_client.add(channel.get_id())
+            close_channel(channel, message)
+
+        handlers[MSG_CHANNEL_CLOSE] = client_closed
+        self._channel_handler_table = handlers
+
+    def _parse_disconnect(self, m: paramiko.Message) -> None:
+        # Called by the transport thread on SSH_MSG_DISCONNECT, before it tears the channels down.
+        self._telgate_connection.client_disconnected.set()
+        cast(_ParamikoTransportInternals, super())._parse_disconnect(m)
 
     def run(self) -> None:
         try:

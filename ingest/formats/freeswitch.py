@@ -96,6 +96,19 @@ _EXTRA_VARIABLES: dict[str, str] = {
     "cc_queue": "cc_queue",
     "cc_side": "cc_side",
 }
+# What build_cdr reads; JSON documents are decoded for these names only (a CDR has ~150 variables).
+USED_VARIABLES = frozenset(
+    {
+        *(f"{name}_{unit}" for name in ("start", "answer", "end") for unit in ("epoch", "uepoch")),
+        *("uuid", "duration", "billsec", "hangup_cause", "hangup_cause_q850", "sip_hangup_disposition"),
+        *("caller_id_number", "destination_number", "call_direction", "originating_leg_uuid", "accountcode"),
+        *("context", "channel_name", "bridge_channel", "last_bridge_channel", "last_app", "current_application"),
+        *("last_arg", "current_application_data"),
+        *_EXTRA_VARIABLES,
+    }
+)
+_PROFILE_KEYS = ("uuid", "caller_id_number", "destination_number", "context")
+_TIME_KEYS = ("created_time", "answered_time", "hangup_time")
 _DOCTYPE_OR_ENTITY = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _CANCEL_DISPOSITIONS = frozenset({"send_cancel", "recv_cancel"})
 
@@ -169,10 +182,10 @@ def _json_profiles(doc: Mapping[str, Any]) -> tuple[list[dict[str, str]], list[d
     for flow in flows:
         if not isinstance(flow, dict):
             continue
-        for key, target in (("caller_profile", profiles), ("times", times)):
+        for key, target, used in (("caller_profile", profiles, _PROFILE_KEYS), ("times", times, _TIME_KEYS)):
             section = flow.get(key)
             if isinstance(section, dict):
-                target.append({k: t for k, v in section.items() if (t := _json_text(v)) is not None})
+                target.append({k: t for k in used if (t := _json_text(section.get(k))) is not None})
     return profiles, times
 
 
@@ -192,7 +205,11 @@ def parse_freeswitch_json(body: bytes, content_type: str, ctx: PbxContext) -> Pa
         _unparseable("body is not JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("variables"), dict):
         _unparseable("JSON is not a FreeSWITCH CDR (no variables object)")
-    variables = {str(k): unquote(t) for k, v in doc["variables"].items() if (t := _json_text(v)) is not None}
+    variables = {
+        k: unquote(t) if "%" in t else t
+        for k, v in doc["variables"].items()
+        if k in USED_VARIABLES and (t := _json_text(v)) is not None
+    }
     profiles, times = _json_profiles(doc)
     core_uuid = _json_text(doc.get("core-uuid")) or ""
     return _one_cdr(JSON_FORMAT, core_uuid, variables, profiles, times, document, ctx)

@@ -16,6 +16,7 @@ from gateway.server import RunningServer
 from tests.conftest import add_operator, auth, login
 
 ALL = {"dpo", "tech_manager", "manager", "auditor"}
+GOVERNORS = {"dpo", "tech_manager"}
 UNIQUE = "<unique>"  # replaced by a fresh name per call, so an allowed call never conflicts
 
 # (method, path, body, roles allowed)
@@ -40,6 +41,23 @@ EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/admin/cdr/search?call_id=none", None, {"dpo", "tech_manager"}),
     ("GET", "/v1/admin/ingest/quarantine", None, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/ingest/quarantine/q_unknown/replay", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/ingest/flush", None, {"dpo", "tech_manager"}),
+    (
+        "POST",
+        "/v1/admin/recordings/rec_unknown/access-requests",
+        {"reason": "quality check of this call"},
+        {"dpo", "tech_manager", "manager"},
+    ),
+    ("GET", "/v1/admin/access-requests", None, {"dpo", "tech_manager", "manager"}),
+    ("POST", "/v1/admin/access-requests/req_unknown/approve", None, {"dpo"}),
+    ("POST", "/v1/admin/access-requests/req_unknown/deny", {"reason": "not needed"}, {"dpo"}),
+    ("POST", "/v1/admin/access-requests/req_unknown/fetch", {"password": "wrong"}, {"dpo", "tech_manager", "manager"}),
+    ("POST", "/v1/admin/recordings/rec_unknown/break-glass", {"reason": "emergency for the test"}, {"dpo"}),
+    ("POST", "/v1/admin/releases", {"tenant": "base", "since": "2000-01-01", "until": "2100-01-01"}, GOVERNORS),
+    ("GET", "/v1/admin/releases", None, {"dpo", "tech_manager"}),
+    ("GET", "/v1/admin/releases/rls_unknown", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/releases/rls_unknown/revoke", None, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/releases/rls_unknown/reissue", None, {"dpo", "tech_manager"}),
 ]
 
 
@@ -51,7 +69,10 @@ def test_every_admin_route_is_in_the_table() -> None:
             path.split("?")[0]
             .replace("/target/", "/{name}/")
             .replace("/keys/1/", "/keys/{version}/")
-            .replace("/q_unknown/", "/{id}/"),
+            .replace("/q_unknown/", "/{id}/")
+            .replace("/rec_unknown/", "/{recording_id}/")
+            .replace("/req_unknown/", "/{request_id}/")
+            .replace("/rls_unknown", "/{release_id}"),
         )
         for method, path, _, _ in EXPECTED
     }
@@ -68,6 +89,12 @@ async def role_tokens(http: aiohttp.ClientSession, node: RunningServer, dpo_toke
     ):
         async with http.post(node.url + path, json=body, headers=auth(dpo_token)) as response:
             assert response.status == 201, await response.text()
+    # A recording of tenant base, so that a release of it can be created.
+    pbx = {"name": "releaser", "tenant": "base"}
+    async with http.post(node.url + "/v1/admin/pbxs", json=pbx, headers=auth(dpo_token)) as response:
+        pbx_token = (await response.json())["token"]
+    async with http.put(node.url + "/v1/recordings/rbac-1", data=b"audio", headers=auth(pbx_token)) as response:
+        assert response.status == 201, await response.text()
     # Rotate once, so that master-key version 1 is no longer current and may be retired.
     async with http.post(node.url + "/v1/admin/keys/rotate", headers=auth(dpo_token)) as response:
         assert response.status == 200, await response.text()

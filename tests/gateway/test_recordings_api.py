@@ -48,9 +48,7 @@ async def pbx_token(http: aiohttp.ClientSession, node: RunningServer, dpo_token:
 async def put(
     http: aiohttp.ClientSession, node: RunningServer, token: str, call_id: str, body: Any, **headers: str
 ) -> tuple[int, dict[str, Any]]:
-    async with http.put(
-        f"{node.url}/v1/recordings/{call_id}", data=body, headers=auth(token) | headers
-    ) as response:
+    async with http.put(f"{node.url}/v1/recordings/{call_id}", data=body, headers=auth(token) | headers) as response:
         return response.status, await response.json()
 
 
@@ -131,8 +129,12 @@ async def test_duplicate_and_conflicting_uploads(
     assert status == 409
     assert conflict["error"]["code"] == "vault.recording_conflict"
     assert list(node.gateway.vault.blobs.iter_ids()) == [first["recording_id"]]  # new blobs discarded
-    outcomes = [e.outcome for e in node.gateway.audit.entries() if e.action == "recording.store"]
-    assert outcomes == ["ok", "duplicate"]
+    stores = [e for e in node.gateway.audit.entries() if e.action == "recording.store"]
+    assert [(e.actor, e.role, e.outcome, e.source) for e in stores] == [
+        ("pbx1", "pbx", "ok", "127.0.0.1"),
+        ("pbx1", "pbx", "duplicate", "127.0.0.1"),
+    ]
+    assert stores[0].details == {"tenant": "acme", "call_id": "dup-1", "size": 10_000}
 
 
 async def test_size_limit(http: aiohttp.ClientSession, node: RunningServer, pbx_token: str) -> None:
@@ -169,13 +171,14 @@ async def test_upload_is_streamed_in_bounded_pieces(
     total = 20 * 1024 * 1024
     sent = 0
     seen: list[tuple[int, int]] = []  # (piece length, bytes the client had sent when it was handed over)
-    real_write = RecordingUpload.write
+    real_write = RecordingUpload.write_parts
 
-    def spy(self: RecordingUpload, piece: bytes) -> None:
-        seen.append((len(piece), sent))
-        real_write(self, piece)
+    def spy(self: RecordingUpload, parts: list[memoryview]) -> None:
+        assert all(isinstance(part, memoryview) for part in parts)  # views of aiohttp's buffers, not copies
+        seen.append((sum(len(part) for part in parts), sent))
+        real_write(self, parts)
 
-    monkeypatch.setattr(RecordingUpload, "write", spy)
+    monkeypatch.setattr(RecordingUpload, "write_parts", spy)
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal sent
@@ -188,6 +191,7 @@ async def test_upload_is_streamed_in_bounded_pieces(
     assert answer["size"] == total
     assert sum(length for length, _ in seen) == total
     assert max(length for length, _ in seen) <= PIECE_SIZE
+    assert {length for length, _ in seen[:-1]} == {PIECE_SIZE}  # full pieces until the end of the body
     assert len(seen) >= total // PIECE_SIZE
     assert seen[0][1] < total // 2  # encryption began long before the body had been sent
 
@@ -296,7 +300,8 @@ async def test_keys_list_and_retire_rules(
 ) -> None:
     await put(http, node, pbx_token, "r-1", b"audio")
     async with http.get(f"{node.url}/v1/admin/keys", headers=auth(dpo_token)) as response:
-        assert await response.json() == {"current_version": 1, "versions": [{"version": 1, "state": "current", "rows": 1}]}
+        listed = await response.json()
+    assert listed == {"current_version": 1, "versions": [{"version": 1, "state": "current", "rows": 1}]}
     async with http.post(f"{node.url}/v1/admin/keys/1/retire", headers=auth(dpo_token)) as response:
         assert response.status == 409
         assert (await response.json())["error"]["code"] == "vault.key_in_use"

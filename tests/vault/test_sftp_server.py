@@ -1,7 +1,8 @@
 """The release SFTP server against real clients: paramiko, OpenSSH sftp, curl (libssh2) and lftp.
 
 Each test gets a fresh in-memory ``FakeReleaseGate`` and a server on 127.0.0.1 port 0. A client that
-is not installed makes its tests skip with the apt package to install.
+is not installed makes its tests skip with the apt package to install, or fail under
+``TELGATE_REQUIRE_SFTP_CLIENTS=1`` (``tests/sftp_clients.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import os
 import queue
 import random
-import shutil
 import socket
 import stat
 import subprocess
@@ -24,6 +24,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from tests import sftp_clients as clients
+from tests.sftp_clients import available, require
 from vault.sftp import ReleasedFile, SftpServer, canonical_path, sftp_status
 
 USERNAME = "rel-7f3a"
@@ -185,88 +187,29 @@ def paramiko_sftp(port: int, username: str = USERNAME, password: str = PASSWORD)
         transport.close()
 
 
-def require(binary: str, package: str) -> str:
-    """The binary's path, or skip the test saying which package provides it."""
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} is not installed (apt-get install {package})")
-    return path
-
-
 def _run(
     args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-        start_new_session=True,
-        check=False,
-        env=env,
-        cwd=cwd,
-    )
+    return clients.run(args, env=env, cwd=cwd, timeout=CLIENT_TIMEOUT)
 
 
 def openssh_sftp(
     tmp_path: Path, port: int, commands: list[str], *, username: str = USERNAME, password: str = PASSWORD
 ) -> subprocess.CompletedProcess[str]:
-    """Run OpenSSH sftp in batch mode, its password typed by an askpass script (no tty, no sshpass)."""
-    sftp = require("sftp", "openssh-client")
-    askpass = tmp_path / "askpass.sh"
-    askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$TELGATE_TEST_SFTP_PASSWORD"\n')
-    askpass.chmod(0o700)
-    batch = tmp_path / "batch.txt"
-    batch.write_text("".join(f"{line}\n" for line in commands))
-    env = {
-        **os.environ,
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "TELGATE_TEST_SFTP_PASSWORD": password,
-    }
-    env.pop("DISPLAY", None)
-    # BatchMode=no must come before -b, which adds BatchMode=yes (ssh keeps the first value).
-    args = [sftp, "-o", "BatchMode=no", "-b", str(batch), "-P", str(port)]
-    args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    args += ["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"]
-    args += ["-o", "NumberOfPasswordPrompts=1", f"{username}@127.0.0.1"]
-    return _run(args, env=env, cwd=tmp_path)
+    """Run OpenSSH sftp in batch mode with the fake gate's credential (or another)."""
+    return clients.openssh_sftp(tmp_path, port, commands, username=username, password=password)
 
 
 def curl_sftp(
     port: int, name: str, out: Path, *, username: str = USERNAME, password: str = PASSWORD
 ) -> subprocess.CompletedProcess[str]:
     """Download one file with curl (libssh2), host key unchecked."""
-    curl = require("curl", "curl")
-    protocols = _run([curl, "-V"]).stdout
-    if "sftp" not in protocols.split("Protocols:", 1)[-1].split():
-        pytest.skip("this curl was built without sftp (libssh2)")
-    url = f"sftp://127.0.0.1:{port}/{name}"
-    return _run([curl, "-sS", "--insecure", "-u", f"{username}:{password}", "-o", str(out), url])
+    return clients.curl_sftp(port, name, out, username=username, password=password)
 
 
-def lftp_get(tmp_path: Path, port: int, names: list[str]) -> subprocess.CompletedProcess[str]:
-    """Download files with lftp's sftp (it drives ssh itself and types the password)."""
-    lftp = require("lftp", "lftp")
-    require("ssh", "openssh-client")
-    connect = (
-        "ssh -a -x -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-        " -o PubkeyAuthentication=no -o PreferredAuthentications=password"
-    )
-    script = [
-        "set sftp:auto-confirm yes",
-        f'set sftp:connect-program "{connect}"',
-        "set net:max-retries 1",
-        "set cmd:fail-exit yes",
-        *(f"get {name} -o {tmp_path / name}" for name in names),
-        # lftp closes a finished file lazily: "get x; bye" often hangs up before the CLOSE is sent,
-        # and a handle that was never closed completes nothing. Any later round trip flushes it.
-        "cls",
-        "bye",
-    ]
-    env = {**os.environ, "HOME": str(tmp_path)}
-    return _run([lftp, "-u", f"{USERNAME},{PASSWORD}", "-e", "; ".join(script), f"sftp://127.0.0.1:{port}"], env=env)
+def lftp_get(tmp_path: Path, port: int, names: list[str], *, flush: bool = False) -> subprocess.CompletedProcess[str]:
+    """Download files with lftp's sftp, then ``bye`` (with a ``cls`` round trip first if ``flush``)."""
+    return clients.lftp_get(tmp_path, port, names, username=USERNAME, password=PASSWORD, flush=flush)
 
 
 # --- downloads by every client ---------------------------------------------------------------------
@@ -312,9 +255,11 @@ def test_curl_downloads_byte_identical_logging_in_per_file(
     assert sorted(gate.completed_names()) == sorted(RECORDINGS)
 
 
-def test_lftp_downloads_byte_identical(server: SftpServer, gate: FakeReleaseGate, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flush", [False, True], ids=["get-bye", "get-cls-bye"])
+def test_lftp_downloads_byte_identical(server: SftpServer, gate: FakeReleaseGate, tmp_path: Path, flush: bool) -> None:
+    # Without the flush, lftp often says goodbye before sending the last CLOSE: the clean end closes it.
     names = [BIG, SMALL]
-    result = lftp_get(tmp_path, server.bound_port, names)
+    result = lftp_get(tmp_path, server.bound_port, names, flush=flush)
     assert result.returncode == 0, result.stderr
     gate.wait_closed()
     for name in names:
@@ -408,6 +353,51 @@ def test_a_dropped_connection_completes_nothing(server: SftpServer, gate: FakeRe
     transport.close()
     gate.closed_sessions.get(timeout=10)
     assert gate.completed == []
+    assert all(reader.closed for reader in gate.readers)
+
+
+def _goodbye(transport: paramiko.Transport, sftp: paramiko.SFTPClient, how: str) -> None:
+    """End the session the way a client does on ``bye``, without closing its open handles first."""
+    channel = sftp.get_channel()
+    assert channel is not None
+    message = paramiko.Message()
+    if how == "channel-eof":
+        channel.shutdown_write()  # SSH_MSG_CHANNEL_EOF, then nothing
+        return
+    if how == "channel-close":  # SSH_MSG_CHANNEL_CLOSE without an EOF first (allowed by RFC 4254)
+        message.add_byte(paramiko.common.cMSG_CHANNEL_CLOSE)
+        message.add_int(channel.remote_chanid)
+    else:  # SSH_MSG_DISCONNECT, SSH_DISCONNECT_BY_APPLICATION
+        message.add_byte(paramiko.common.cMSG_DISCONNECT)
+        message.add_int(11)
+        message.add_string("bye")
+        message.add_string("")
+    transport._send_user_message(message)
+
+
+@pytest.mark.parametrize("how", ["channel-eof", "channel-close", "ssh-disconnect"])
+def test_a_clean_goodbye_closes_open_handles_and_completes_what_was_read(
+    server: SftpServer, gate: FakeReleaseGate, how: str
+) -> None:
+    # lftp's "get x; bye": every byte read, the CLOSE never sent, then a clean end of the session.
+    transport = paramiko.Transport(("127.0.0.1", server.bound_port))
+    try:
+        transport.connect(username=USERNAME, password=PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        whole, half = sftp.open(SMALL), sftp.open(BIG)
+        assert whole.read() == RECORDINGS[SMALL]
+        assert half.read(len(RECORDINGS[BIG]) // 2) == RECORDINGS[BIG][: len(RECORDINGS[BIG]) // 2]
+        _goodbye(transport, sftp, how)
+        if how == "channel-eof":  # the server answers by ending the subsystem: wait for its close
+            channel = sftp.get_channel()
+            assert channel is not None
+            channel.settimeout(10)
+            assert channel.recv(1) == b""
+    finally:
+        transport.close()
+    gate.wait_closed()  # after the handles were closed
+    assert gate.completed_names() == [SMALL]  # the half-read file completes nothing
     assert all(reader.closed for reader in gate.readers)
 
 
@@ -574,12 +564,12 @@ def test_wrong_password_and_unknown_user_fail_identically(
     assert str(wrong) == str(unknown)
     assert [user for user, _ in gate.auth_attempts] == [USERNAME, "rel-nobody"]  # the gate decided both
 
-    if shutil.which("sftp"):
+    if available("sftp", "openssh-client"):
         wrong_cli = openssh_sftp(tmp_path, server.bound_port, ["ls"], password="not the password")
         unknown_cli = openssh_sftp(tmp_path, server.bound_port, ["ls"], username="rel-nobody")
         assert wrong_cli.returncode == unknown_cli.returncode == 255
         assert wrong_cli.stderr.replace(USERNAME, "<user>") == unknown_cli.stderr.replace("rel-nobody", "<user>")
-    if shutil.which("curl"):
+    if available("curl", "curl"):
         wrong_curl = curl_sftp(server.bound_port, SMALL, tmp_path / "x", password="not the password")
         unknown_curl = curl_sftp(server.bound_port, SMALL, tmp_path / "x", username="rel-nobody")
         assert wrong_curl.returncode == unknown_curl.returncode == 67  # CURLE_LOGIN_DENIED
