@@ -23,9 +23,11 @@ from gateway.staging import KINDS, Kind, Rejected, StageRequest, StagingStore, S
 from gateway.subjects import SqlSubjectTokens
 from ingest.context import ParseResult, PbxContext
 from ingest.formats import FORMAT_TABLES, PARSERS
+from ingest.formats.asterisk_csv import COLUMNAR_MIN_BYTES, ColumnarCdrs, parse_asterisk_csv_columns
+from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
 from ingest.formats.queue_log import decode_form, parse_queue_log_store
 from ingest.lake import IcebergLake
-from ingest.policy import pseudonymise_all
+from ingest.policy import pseudonymise_all, pseudonymise_csv_columns
 from ingest.ports import SubjectTokens
 from ingest.records import (
     AcdEventRecord,
@@ -176,6 +178,10 @@ class IngestService:
         """Parse and pseudonymise (CPU-bound; in a worker thread unless small and fully cached)."""
         ctx = pbx_context(pbx)
         tokens = tokens or self._batcher
+        if source_format == CSV_FORMAT and len(body) >= COLUMNAR_MIN_BYTES:
+            columnar = parse_asterisk_csv_columns(body, content_type, ctx)
+            if columnar is not None:
+                return self._prepare_columns(pbx, ctx, columnar, tokens)
         result: ParseResult[RawCdr] | ParseResult[RawAcdEvent]
         if source_format == QUEUE_LOG_STORE:
             result = parse_queue_log_store(decode_form(body), ctx)
@@ -188,6 +194,14 @@ class IngestService:
         )
         rejects = [Rejected(reject.line or 0, reject.reason, reject.raw) for reject in result.rejects]
         return StageRequest(kind, pbx.tenant, pbx.name, source_format, records, rejects)
+
+    def _prepare_columns(
+        self, pbx: Pbx, ctx: PbxContext, columnar: ColumnarCdrs, tokens: SubjectTokens
+    ) -> StageRequest:
+        """Pseudonymise a Master.csv body parsed column-wise (lines parsed one by one merged in)."""
+        table = pseudonymise_csv_columns(columnar, ctx, tokens, self._clock.now())
+        rejects = [Rejected(reject.line or 0, reject.reason, reject.raw) for reject in columnar.rejects]
+        return StageRequest("cdr", pbx.tenant, pbx.name, CSV_FORMAT, (), rejects, table=table)
 
     async def ingest(self, pbx: Pbx, source_format: str, body: bytes, content_type: str) -> IngestResult:
         """Parse, pseudonymise and durably stage one request's records."""

@@ -34,8 +34,8 @@ Recording time in file names: the call's start time when the CDR lake knows the 
 ``call_id`` or ``linked_id`` equals the recording's call id), else the time the recording was
 received. Restricted subjects: recordings carry no subject link of their own; the link is the CDR of
 the same call, whose parties are subject tokens. A recording whose call has a restricted party is
-refused (409). A recording whose CDR is not in the lake (not flushed yet, or never sent) cannot be
-checked, and is released.
+refused (409), at ``create`` and again at ``reissue``. A recording whose CDR is not in the lake (not
+flushed yet, or never sent) cannot be checked, and is released.
 
 Tables (component ``releases``)::
 
@@ -313,8 +313,8 @@ class GateSession:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claim:
-    """The outcome of a login once the password matched: a session, or the refusal reason."""
+class ClaimOutcome:
+    """What ``ReleaseStore.claim`` decided for a login whose password matched: a session, or why not."""
 
     session: GateSession | None
     reason: str
@@ -471,13 +471,7 @@ class ReleaseStore:
 
     def _name(self, tenant: str, recordings: Sequence[Recording]) -> list[ReleaseItem]:
         """File names for the recordings, refusing restricted calls, unique within the release."""
-        facts = self._calls.calls(tenant, [r.call_id for r in recordings])
-        restricted = [r.recording_id for r in recordings if r.call_id in facts and facts[r.call_id].restricted]
-        if restricted:
-            raise ConflictError(
-                f"{len(restricted)} recording(s) involve a restricted subject and cannot be released",
-                details={"recordings": restricted[:100]},
-            )
+        facts = self._refuse_restricted(tenant, recordings)
         items: list[ReleaseItem] = []
         taken: set[str] = set()
         for recording in recordings:
@@ -489,6 +483,17 @@ class ReleaseStore:
             taken.add(name)
             items.append(ReleaseItem(recording.recording_id, name, recording.size))
         return items
+
+    def _refuse_restricted(self, tenant: str, recordings: Sequence[Recording]) -> dict[str, CallFacts]:
+        """The calls' facts, or ConflictError naming the recordings whose call has a restricted party."""
+        facts = self._calls.calls(tenant, [r.call_id for r in recordings])
+        restricted = [r.recording_id for r in recordings if r.call_id in facts and facts[r.call_id].restricted]
+        if restricted:
+            raise ConflictError(
+                f"{len(restricted)} recording(s) involve a restricted subject and cannot be released",
+                details={"recordings": restricted[:100]},
+            )
+        return facts
 
     def _insert_credential(
         self, tx: Transaction, username: str, release_id: str, password_hash: str, now: datetime, expires_at: datetime
@@ -556,8 +561,14 @@ class ReleaseStore:
     def reissue(
         self, release_id: str, *, ttl: timedelta | None = None, actor: str, role: str, source: str
     ) -> IssuedCredential:
-        """A new credential for what is left to collect; the previous credential is dead."""
+        """A new credential for what is left to collect; the previous credential is dead.
+
+        The restriction check of ``create`` runs again: a subject may have been restricted since.
+        """
         lifetime = self.ttl(ttl)
+        before = self.release(release_id)
+        uncollected = [self._vault.get(item.recording_id) for item in before.items if not item.collected_at]
+        self._refuse_restricted(before.tenant, [r for r in uncollected if not r.shredded])
         username, password = _new_username(), new_password()
         password_hash = self._hashing.hash(password)
         now = self._clock.now()
@@ -597,7 +608,7 @@ class ReleaseStore:
         row = self._db.fetch_one("SELECT password_hash FROM release_credentials WHERE username = ?", (username,))
         return str(row["password_hash"]) if row else None
 
-    def claim(self, username: str, source: str, now: datetime, *, strict: bool) -> _Claim:
+    def claim(self, username: str, source: str, now: datetime, *, strict: bool) -> ClaimOutcome:
         """Accept a login whose password matched, binding the credential to ``source`` on first use."""
         with self._db.transaction() as tx:
             row = tx.fetch_one(
@@ -607,15 +618,15 @@ class ReleaseStore:
                 (username,),
             )
             if row is None:
-                return _Claim(None, UNKNOWN_USER, "")
+                return ClaimOutcome(None, UNKNOWN_USER, "")
             release_id = str(row["release_id"])
             if row["revoked_at"] is not None or row["release_revoked_at"] is not None:
-                return _Claim(None, REVOKED, release_id)
+                return ClaimOutcome(None, REVOKED, release_id)
             pending = tx.fetch_one(_PENDING_COUNT, (release_id,))
             if pending is None or int(pending["n"]) == 0:
-                return _Claim(None, CONSUMED, release_id)
+                return ClaimOutcome(None, CONSUMED, release_id)
             if now >= parse_utc(str(row["expires_at"])):
-                return _Claim(None, EXPIRED, release_id)
+                return ClaimOutcome(None, EXPIRED, release_id)
             session = GateSession(release_id, username, source, str(row["tenant"]))
             if row["claimed_by"] is None:
                 # The claim itself: whichever login gets here first wins, on every node.
@@ -625,20 +636,20 @@ class ReleaseStore:
                     (source, utc_text(now), username),
                 )
                 if won == 1:
-                    return _Claim(session, "", release_id, 1)
+                    return ClaimOutcome(session, "", release_id, 1)
                 row = tx.fetch_one(
                     "SELECT claimed_by, sessions FROM release_credentials WHERE username = ?", (username,)
                 )
                 assert row is not None
             if row["claimed_by"] != source:
-                return _Claim(None, WRONG_ADDRESS, release_id)
+                return ClaimOutcome(None, WRONG_ADDRESS, release_id)
             if strict:
-                return _Claim(None, CONSUMED, release_id)
+                return ClaimOutcome(None, CONSUMED, release_id)
             tx.execute(
                 "UPDATE release_credentials SET sessions = sessions + 1 WHERE username = ? AND claimed_by = ?",
                 (username, source),
             )
-            return _Claim(session, "", release_id, int(row["sessions"]) + 1)
+            return ClaimOutcome(session, "", release_id, int(row["sessions"]) + 1)
 
     def usable(self, username: str, now: datetime) -> bool:
         """Whether an established session's credential still serves files (not revoked, not expired)."""

@@ -132,7 +132,7 @@ def _e164_cached(digits: str, country: str, dial_prefixes: tuple[str, ...], requ
 
 
 @dataclass(frozen=True, slots=True)
-class _NumberingPlan:
+class NumberingPlan:
     """What ``phonenumbers.parse`` does to a national-format digit string of one region, by length."""
 
     idd: re.Pattern[str] | None  # the region's international prefix (a match means "not national")
@@ -142,7 +142,7 @@ class _NumberingPlan:
 
 
 @functools.cache
-def _numbering_plan(country: str) -> _NumberingPlan | None:
+def numbering_plan(country: str) -> NumberingPlan | None:
     """The plan of ``country``, or None when its national prefix rule is not a plain list of digits."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(country, None)
     if metadata is None or metadata.national_prefix_transform_rule:
@@ -158,7 +158,7 @@ def _numbering_plan(country: str) -> _NumberingPlan | None:
         if shared is None:
             return None
         lengths.update(shared.general_desc.possible_length)
-    return _NumberingPlan(
+    return NumberingPlan(
         idd=re.compile(metadata.international_prefix) if metadata.international_prefix else None,
         country_code=str(metadata.country_code),
         national_prefixes=tuple(prefix_rule.split("|")) if prefix_rule else (),
@@ -179,7 +179,7 @@ def _impossible_length(candidate: str, country: str) -> bool:
         return True  # to_e164 skips candidates this short without asking phonenumbers
     if not (candidate.isascii() and candidate.isdigit()):
         return False
-    plan = _numbering_plan(country)
+    plan = numbering_plan(country)
     if plan is None or candidate.startswith(plan.country_code):
         return False
     if plan.idd is not None and plan.idd.match(candidate):

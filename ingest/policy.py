@@ -26,6 +26,7 @@ Names never reach a raw record (parsers drop them), and tokens are looked up onc
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import threading
@@ -34,10 +35,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, overload, runtime_checkable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.columns import as_array, constant, map_distinct
 from ingest.context import PbxContext
-from ingest.normalise import MIN_NUMBER_DIGITS, digit_count_of, parse_party, to_e164
+from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
+from ingest.formats.asterisk_csv import ColumnarCdrs
+from ingest.normalise import MIN_NUMBER_DIGITS, digit_count_of, numbering_plan, parse_party, to_e164
 from ingest.ports import SubjectTokens
-from ingest.records import AcdEventRecord, CdrRecord, Party, PartyKind, RawAcdEvent, RawCdr
+from ingest.records import (
+    CDR_SCHEMA,
+    AcdEventRecord,
+    CdrRecord,
+    Party,
+    PartyKind,
+    RawAcdEvent,
+    RawCdr,
+    records_to_table,
+)
 
 REDACTED = "[redacted]"
 
@@ -157,32 +173,74 @@ def _protected_spans(text: str) -> list[tuple[int, int]]:
 
 
 class _BoundedCache:
-    """A small thread-safe LRU map (dict order; ``get`` refreshes an entry)."""
+    """A small thread-safe LRU map (``get`` refreshes an entry)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: OrderedDict[tuple[str, tuple[str, ...], str], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, tuple[str, ...], str], _Template] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, tuple[str, ...], str]) -> str | None:
+    def get(self, key: tuple[str, tuple[str, ...], str]) -> _Template | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, tuple[str, ...], str], value: str) -> None:
+    def put(self, key: tuple[str, tuple[str, ...], str], value: _Template) -> None:
         with self._lock:
             self._entries[key] = value
             if len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
 
-# Scrub results that hold no subject token depend on the text and the PBX's numbering only, so they are
-# shared between requests ("sofia/internal/601@192.0.2.10:5060" is scrubbed once, not per CDR). Results
-# with a token are never shared: after an erasure the number must get a new token, not the old one.
-_TOKEN_FREE_SCRUBS = _BoundedCache(65_536)
+# A scrubbed text as a template: the text itself when nothing in it becomes a token, else literal pieces
+# alternating with the E.164 numbers whose tokens go between them. Templates depend on the text and
+# the PBX's numbering only, so they are shared between requests; the tokens are filled in per request
+# (after an erasure the number gets a new token, never the old one from a cache).
+_Template = str | tuple[str, ...]
+_SCRUB_TEMPLATES = _BoundedCache(131_072)
 _SCRUB_CACHE_MAX_TEXT = 256
+
+
+def _scrub_template(text: str, ctx: PbxContext) -> _Template:
+    """What SCRUB makes of ``text``, with the numbers to tokenise left open (see ``Pseudonymiser.scrub``)."""
+    pieces: list[str] = []
+    literal: list[str] = []
+
+    def scrub_segment(segment: str) -> None:
+        position = 0
+        for match in _NUMBER_RUN.finditer(segment):
+            literal.append(segment[position : match.start()])
+            position = match.end()
+            run = match.group(0)
+            if digit_count_of(run) < MIN_NUMBER_DIGITS:
+                literal.append(run)
+                continue
+            e164 = to_e164(_SEPARATORS.sub("", run), ctx, require_valid=True)
+            if e164 is None:
+                literal.append(REDACTED)
+                continue
+            pieces.extend(("".join(literal), e164))
+            literal.clear()
+        literal.append(segment[position:])
+
+    position = 0
+    for start, end in _protected_spans(text):
+        scrub_segment(text[position:start])
+        literal.append(text[start:end])
+        position = end
+    scrub_segment(text[position:])
+    if not pieces:
+        return "".join(literal)
+    pieces.append("".join(literal))
+    return tuple(pieces)
+
+
+@functools.lru_cache(maxsize=4096)
+def _extra_json_text(items: tuple[tuple[str, str], ...]) -> str:
+    """JSON of scrubbed extras (most CDRs of a PBX repeat the same handful of outcome fields)."""
+    return json.dumps(dict(items), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 class Pseudonymiser:
@@ -192,7 +250,6 @@ class Pseudonymiser:
         self._ctx = ctx
         self._tokens = tokens
         self._memo: dict[str, str] = {}
-        self._tokenised = False  # set when the scrub in progress put a subject token in its output
 
     def token(self, e164: str) -> str:
         """Subject token of an E.164 number (looked up once per Pseudonymiser)."""
@@ -235,19 +292,6 @@ class Pseudonymiser:
             return REDACTED
         return text
 
-    def _replace_number(self, match: re.Match[str]) -> str:
-        run = match.group(0)
-        if digit_count_of(run) < MIN_NUMBER_DIGITS:
-            return run
-        e164 = to_e164(_SEPARATORS.sub("", run), self._ctx, require_valid=True)
-        if e164 is None:
-            return REDACTED
-        self._tokenised = True
-        return self.token(e164)
-
-    def _scrub_segment(self, segment: str) -> str:
-        return _NUMBER_RUN.sub(self._replace_number, segment)
-
     @overload
     def scrub(self, text: str) -> str: ...
     @overload
@@ -257,21 +301,14 @@ class Pseudonymiser:
         if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
             return text
         cache_key = (self._ctx.country, self._ctx.dial_prefixes, text)
-        cached = _TOKEN_FREE_SCRUBS.get(cache_key)
-        if cached is not None:
-            return cached
-        self._tokenised = False
-        out: list[str] = []
-        position = 0
-        for start, end in _protected_spans(text):
-            out.append(self._scrub_segment(text[position:start]))
-            out.append(text[start:end])
-            position = end
-        out.append(self._scrub_segment(text[position:]))
-        scrubbed = "".join(out)
-        if not self._tokenised and len(text) <= _SCRUB_CACHE_MAX_TEXT:
-            _TOKEN_FREE_SCRUBS.put(cache_key, scrubbed)
-        return scrubbed
+        template = _SCRUB_TEMPLATES.get(cache_key)
+        if template is None:
+            template = _scrub_template(text, self._ctx)
+            if len(text) <= _SCRUB_CACHE_MAX_TEXT:
+                _SCRUB_TEMPLATES.put(cache_key, template)
+        if isinstance(template, str):
+            return template
+        return "".join(piece if index % 2 == 0 else self.token(piece) for index, piece in enumerate(template))
 
     def extra_json(self, extra: Mapping[str, str]) -> str | None:
         """Scrubbed ``extra`` as a JSON object (keys sorted), or None when nothing is left."""
@@ -282,7 +319,7 @@ class Pseudonymiser:
         }
         if not kept:
             return None
-        return json.dumps(kept, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return _extra_json_text(tuple(kept.items()))
 
     def data_piece(self, event: str, index: int, piece: str) -> str:
         """One queue_log data piece: tokenised, redacted or scrubbed by its role in ``event``."""
@@ -406,3 +443,161 @@ def pseudonymise_all(
         else:
             events.append(pseudonymiser.acd(raw, ingested_at))
     return cdrs if cdrs or not events else events
+
+
+# ----------------------------------------------------------------------------------------- column-wise
+
+# A value ``identifier`` could replace: after ``str.strip()`` only separators, digits and one leading "+".
+_WHOLE_NUMBER_LIKE = r"^[\t\n\x0b\x0c\r\x1c-\x1f ]*[ \-.()]*\+?[ \-.()]*[0-9][0-9 \-.()]*[\t\n\x0b\x0c\r\x1c-\x1f ]*$"
+_NOT_DIGITS = r"[\t\n\x0b\x0c\r\x1c-\x1f \-.()]"
+# A value SCRUB could change: seven digits joined by at most two separators each (one ``_NUMBER_RUN``).
+_SCRUB_CANDIDATE = r"[0-9](?:[ \-.()]{0,2}[0-9]){6}"
+_SCRUBBED_CDR_COLUMNS = ("account_code", "context", "src_channel", "dst_channel", "last_app", "last_data")
+
+
+def pseudonymise_csv_columns(
+    columnar: ColumnarCdrs, ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime
+) -> pa.Table:
+    """A Master.csv body parsed column-wise, pseudonymised: its rows in ``CDR_SCHEMA``, in line order.
+
+    Exactly ``records_to_table(pseudonymise_all(parse_asterisk_csv(body).records))``, computed column-wise.
+    """
+    table = pseudonymise_cdr_columns(columnar.table, columnar.extra_names, ctx, tokens, ingested_at, CSV_FORMAT)
+    if not columnar.records:
+        return table
+    records = pseudonymise_all([record for _, record in columnar.records], ctx, tokens, ingested_at)
+    lines = pa.concat_arrays([columnar.lines, pa.array([line for line, _ in columnar.records], pa.int64())])
+    table = pa.concat_tables([table, records_to_table(records, CDR_SCHEMA)])
+    return table.take(pc.sort_indices(lines))
+
+
+def pseudonymise_cdr_columns(
+    raw: pa.Table,
+    extra_names: Sequence[str],
+    ctx: PbxContext,
+    tokens: SubjectTokens,
+    ingested_at: datetime,
+    source_format: str,
+) -> pa.Table:
+    """The column-wise ``Pseudonymiser.cdr``: identifiable CDR columns -> a table in ``CDR_SCHEMA``.
+
+    ``raw`` holds ASCII ``RawCdr`` columns as ``ingest.formats.asterisk_csv.ColumnarCdrs`` describes.
+    Vectorised checks find the values the policy leaves as they are (no phone-number-like digit run,
+    ids that cannot be a possible number); the rest go through ``Pseudonymiser`` once per distinct
+    value, so the result is the same as record by record.
+    """
+    pseudonymiser = Pseudonymiser(ctx, tokens)
+    length = raw.num_rows
+    subjects: set[str] = set()
+    for party in ("caller", "callee"):
+        is_subject = pc.equal(raw.column(f"{party}_kind"), PartyKind.SUBJECT.value)
+        subjects.update(v for v in pc.unique(raw.column(f"{party}_value").filter(is_subject)).to_pylist() if v)
+    pseudonymiser.prefetch(subjects)
+
+    out: dict[str, pa.Array] = {
+        "tenant": constant(ctx.tenant, length, pa.string()),
+        "pbx": constant(ctx.name, length, pa.string()),
+        "source_format": constant(source_format, length, pa.string()),
+        "dedupe_key": as_array(raw.column("dedupe_key")),
+        "call_id": _identifier_column(raw.column("call_id"), pseudonymiser, ctx),
+        "linked_id": _identifier_column(raw.column("linked_id"), pseudonymiser, ctx),
+    }
+    for name in ("sequence", "start_at", "answer_at", "end_at", "duration_s", "billsec_s", "disposition"):
+        out[name] = as_array(raw.column(name))
+    out["hangup_cause"] = pa.nulls(length, pa.int32())
+    out["direction"] = as_array(raw.column("direction"))
+    for party in ("caller", "callee"):
+        kind = as_array(raw.column(f"{party}_kind"))
+        out[party] = _party_column(kind, raw.column(f"{party}_value"), pseudonymiser)
+        out[f"{party}_kind"] = kind
+    for name in _SCRUBBED_CDR_COLUMNS:
+        out[name] = _scrub_column(raw.column(name), pseudonymiser)
+    out["extra_json"] = _extra_json_column([raw.column(f"extra.{n}") for n in extra_names], extra_names, pseudonymiser)
+    out["ingested_at"] = constant(_utc(ingested_at), length, CDR_SCHEMA.field("ingested_at").type)
+    return pa.Table.from_arrays(
+        [out[name].cast(f.type) for name, f in zip(CDR_SCHEMA.names, CDR_SCHEMA, strict=True)], schema=CDR_SCHEMA
+    )
+
+
+def _party_column(kind: pa.Array, value: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser) -> pa.Array:
+    """TOKENISE over a column: subject -> token, extension -> scrubbed text, anything else -> null."""
+    is_subject = pc.equal(kind, PartyKind.SUBJECT.value)
+    is_extension = pc.equal(kind, PartyKind.EXTENSION.value)
+    kept = pc.if_else(pc.or_(is_subject, is_extension), value, pa.scalar(None, pa.string()))
+    kept = map_distinct(kept, pseudonymiser.token, pa.string(), where=pc.and_(is_subject, pc.is_valid(kept)))
+    needs_scrub = pc.and_(is_extension, _may_scrub(kept))
+    return map_distinct(kept, pseudonymiser.scrub, pa.string(), where=pc.fill_null(needs_scrub, False))
+
+
+def _may_scrub(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """False where SCRUB certainly returns the value unchanged (ASCII, no seven-digit run); nulls stay null."""
+    return pc.or_(pc.invert(pc.string_is_ascii(column)), pc.match_substring_regex(column, _SCRUB_CANDIDATE))
+
+
+def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser) -> pa.Array:
+    """SCRUB over a column, calling the policy only for values it could change."""
+    return map_distinct(column, pseudonymiser.scrub, pa.string(), where=pc.fill_null(_may_scrub(column), False))
+
+
+def _identifier_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser, ctx: PbxContext) -> pa.Array:
+    """KEEP-for-ids over a column, asking ``phonenumbers`` only about values that could be a number."""
+    array = as_array(column)
+    whole = pc.match_substring_regex(array, _WHOLE_NUMBER_LIKE)
+    compact = pc.replace_substring_regex(array, _NOT_DIGITS, "")
+    certain = pc.and_(pc.string_is_ascii(array), pc.or_(pc.invert(whole), impossible_numbers(compact, ctx)))
+    return map_distinct(array, pseudonymiser.identifier, pa.string(), where=pc.fill_null(pc.invert(certain), False))
+
+
+def impossible_numbers(digits: pa.Array, ctx: PbxContext) -> pa.Array:
+    """Where ``to_e164`` certainly answers None: the column-wise ``normalise._impossible_length``.
+
+    True for strings of fewer than seven characters, and for ASCII digit strings that (per the PBX's
+    numbering plan) carry no international prefix or calling code and whose length, with or without
+    the national prefix, is not a possible length. False (unknown) for everything else.
+    """
+    length = pc.utf8_length(digits)
+    too_short = pc.less(length, MIN_NUMBER_DIGITS)
+    plan = numbering_plan(ctx.country)
+    if plan is None or ctx.dial_prefixes:
+        return pc.fill_null(too_short, False)
+    national = pc.and_(
+        pc.match_substring_regex(digits, r"^[0-9]+$"), pc.invert(pc.starts_with(digits, plan.country_code))
+    )
+    if plan.idd is not None:
+        national = pc.and_(national, pc.invert(pc.match_substring_regex(digits, f"^(?:{plan.idd.pattern})")))
+    stripped = length
+    for prefix in reversed(plan.national_prefixes):
+        stripped = pc.if_else(pc.starts_with(digits, prefix), pc.subtract(length, len(prefix)), stripped)
+    possible = pa.array(sorted(plan.possible_lengths), pa.int32())
+    impossible_length = pc.invert(pc.or_(pc.is_in(length, possible), pc.is_in(pc.cast(stripped, pa.int32()), possible)))
+    return pc.fill_null(pc.or_(too_short, pc.and_(national, impossible_length)), False)
+
+
+def _extra_json_column(columns: list[pa.ChunkedArray], names: Sequence[str], pseudonymiser: Pseudonymiser) -> pa.Array:
+    """``extra_json`` of every row, computed once per distinct combination of extra values."""
+    length = len(columns[0]) if columns else 0
+    if not columns:
+        return pa.nulls(length, pa.string())
+    encoded = [as_array(column).dictionary_encode() for column in columns]
+    dictionaries = [e.dictionary.to_pylist() for e in encoded]
+    code = pc.cast(encoded[0].indices, pa.int64())
+    for e in encoded[1:]:
+        code = pc.add(pc.multiply(code, len(e.dictionary)), pc.cast(e.indices, pa.int64()))
+
+    def extra_json(combined: int) -> str | None:
+        values: list[str] = []
+        for dictionary in reversed(dictionaries):
+            combined, index = divmod(combined, len(dictionary))
+            values.append(dictionary[index])
+        values.reverse()
+        return pseudonymiser.extra_json({n: v for n, v in zip(names, values, strict=True) if v})
+
+    sizes = 1
+    for dictionary in dictionaries:
+        sizes *= max(1, len(dictionary))
+    if sizes >= 2**62:  # too many combinations to number: one call per row
+        rows = zip(*(as_array(c).to_pylist() for c in columns), strict=True)
+        return pa.array(
+            [pseudonymiser.extra_json({n: v for n, v in zip(names, r, strict=True) if v}) for r in rows], pa.string()
+        )
+    return map_distinct(code, extra_json, pa.string())

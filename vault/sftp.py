@@ -702,7 +702,7 @@ class _ParamikoSftpInternals(Protocol):
 
 
 class _ParamikoTransportInternals(Protocol):
-    """The undocumented paramiko.Transport method this module extends (logs a client's goodbye)."""
+    """The undocumented paramiko.Transport method this module extends (to note a client's goodbye)."""
 
     def _parse_disconnect(self, m: paramiko.Message) -> None: ...
 

@@ -27,8 +27,17 @@ and ingested twice gets the same key.
 from __future__ import annotations
 
 import csv
-from datetime import datetime
+import hashlib
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ingest.columns import as_array, empty_to_null, false_mask, map_distinct, strip
 from ingest.context import ParseResult, PbxContext
 from ingest.errors import RecordRejected, Reject
 from ingest.normalise import (
@@ -37,13 +46,14 @@ from ingest.normalise import (
     dedupe_key,
     disposition_from_text,
     infer_direction,
+    localise,
     parse_count,
     parse_party,
     parse_pbx_time,
     require_media_type,
     split_lines,
 )
-from ingest.records import Disposition, RawCdr
+from ingest.records import Disposition, Party, PartyKind, RawCdr
 
 FORMAT = "asterisk-csv"
 
@@ -219,3 +229,288 @@ def parse_line(raw: bytes, ctx: PbxContext) -> RawCdr:
         last_data=text_of("lastdata"),
         extra=extra,
     )
+
+
+# ----------------------------------------------------------------------------------------- column-wise
+
+# Bodies at least this large (a Master.csv batch, not a handful of lines) are parsed column-wise.
+COLUMNAR_MIN_BYTES = 256 * 1024
+# One Master.csv line in the quoting that Python's csv module (strict) and Arrow's CSV reader read the
+# same way: unquoted fields without quotes, quoted fields with "" for a quote, ending at a comma.
+_CSV_LINE = r'^(?:[^",]*|"(?:[^"]|"")*")(?:,(?:[^",]*|"(?:[^"]|"")*"))*$'
+_BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() removes: split_lines skips lines made of these
+_LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+_LOCAL_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"
+_COUNT = r"^[0-9]{1,12}$"  # what parse_count accepts from ASCII text
+_MAX_COLUMNS = 256
+_TS = pa.timestamp("us", tz="UTC")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class ColumnarCdrs:
+    """A Master.csv body parsed column-wise: identifiable ``RawCdr`` columns, and what needed a closer look.
+
+    ``table`` columns: the ``RawCdr`` fields, with each party as ``<party>_kind`` / ``<party>_value``
+    and each extra field as ``extra.<name>`` ("" when absent); ``lines`` holds each row's 1-based line.
+    ``records`` and ``rejects`` are the lines that went through ``parse_line`` one by one (unusual
+    quoting, non-ASCII text, times in other shapes or near a clock change, bad values).
+    """
+
+    table: pa.Table
+    lines: pa.Array
+    extra_names: tuple[str, ...]
+    records: list[tuple[int, RawCdr]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) -> ColumnarCdrs | None:
+    """Parse a large Master.csv body column-wise; None when it should go line by line instead.
+
+    Gives exactly what ``parse_asterisk_csv`` gives (same records, keys and rejects, in line order once
+    merged by line number). Lines Arrow's reader and this module's line parser could read differently
+    are handed to ``parse_line``; a body whose lines do not all share one column profile, or that is
+    not UTF-8, or has CR line ends, is left to the line-by-line parser altogether (returns None).
+    """
+    require_media_type(content_type, ACCEPTED_MEDIA_TYPES, FORMAT)
+    if len(body) < COLUMNAR_MIN_BYTES or b"\r" in body or body.startswith(_UTF8_BOM):
+        return None
+    raw_lines = pc.list_flatten(pc.split_pattern(pa.array([body], pa.binary()), b"\n"))
+    try:
+        text = raw_lines.cast(pa.string())
+    except pa.ArrowInvalid:
+        return None  # not UTF-8 somewhere: the line parser rejects just those lines
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim(text, characters=_BLANK)), 0)
+    plain = pc.and_(pc.string_is_ascii(text), pc.match_substring_regex(text, _CSV_LINE))
+    eligible = pc.and_not(plain, blank)
+    odd_lines = pc.indices_nonzero(pc.and_not(pc.invert(plain), blank)).to_pylist()
+    rows = pc.indices_nonzero(eligible)
+    if len(rows) == 0:
+        return None
+    if len(rows) == len(text) - 1 and bool(blank[len(text) - 1].as_py()):
+        data = body  # every line but the empty one after the final newline
+    else:
+        data = b"\n".join(raw_lines.take(rows).to_pylist()) + b"\n"
+    table = _read_csv(data)
+    if table is None or table.num_rows != len(rows):
+        return None
+    columns = _profile_of(table.num_columns, ctx)
+    if columns is None:
+        return None
+    table = table.rename_columns(list(columns))
+    parsed = _cdr_columns(table, columns, raw_lines.take(rows), ctx)
+    if parsed is None:
+        return None
+    raw_table, fallback = parsed
+    lines = pc.add(pc.cast(rows, pa.int64()), 1)
+    result = ColumnarCdrs(
+        table=raw_table.filter(pc.invert(fallback)),
+        lines=lines.filter(pc.invert(fallback)),
+        extra_names=tuple(name for name in columns if name not in _MAPPED),
+    )
+    by_line = sorted(
+        [
+            (int(n), raw)
+            for n, raw in zip(
+                lines.filter(fallback).to_pylist(), raw_lines.take(rows).filter(fallback).to_pylist(), strict=True
+            )
+        ]
+        + [(index + 1, raw_lines[index].as_py()) for index in odd_lines]
+    )
+    for line_number, raw in by_line:
+        try:
+            result.records.append((line_number, parse_line(raw, ctx)))
+        except RecordRejected as exc:
+            result.rejects.append(Reject(line_number, exc.reason, raw))
+    return result
+
+
+def _read_csv(data: bytes) -> pa.Table | None:
+    """Every field as a string ("" when empty); None when a line's field count differs from the first's."""
+    invalid: list[object] = []
+
+    def on_invalid(row: object) -> str:
+        invalid.append(row)
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=True),
+        parse_options=pacsv.ParseOptions(newlines_in_values=False, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f"f{i}": pa.string() for i in range(_MAX_COLUMNS)},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    if invalid or table.num_columns > _MAX_COLUMNS:
+        return None
+    return table
+
+
+def _profile_of(field_count: int, ctx: PbxContext) -> tuple[str, ...] | None:
+    if ctx.csv_columns is not None:
+        columns: tuple[str, ...] | None = ctx.csv_columns if field_count == len(ctx.csv_columns) else None
+    else:
+        columns = PROFILES_BY_FIELD_COUNT.get(field_count)
+    if columns is None or not set(BASE_COLUMNS) <= set(columns):
+        return None  # the line parser explains the field count, or handles a profile without base fields
+    return columns
+
+
+def _cdr_columns(
+    table: pa.Table, columns: tuple[str, ...], raw_lines: pa.Array, ctx: PbxContext
+) -> tuple[pa.Table, pa.Array] | None:
+    """The RawCdr columns of ``table`` and the mask of rows that must be parsed one by one."""
+    length = table.num_rows
+    fallback = false_mask(length)
+
+    def text_of(name: str) -> pa.Array:
+        return empty_to_null(strip(table.column(name))) if name in columns else pa.nulls(length, pa.string())
+
+    start_text = strip(table.column("start"))
+    start_at, ok = _utc_times(start_text, ctx)
+    fallback = pc.or_(fallback, pc.invert(ok))  # empty, an epoch, other shapes: parse_line decides
+    answer_at, ok = _utc_times(strip(table.column("answer")), ctx)
+    fallback = pc.or_(fallback, pc.invert(ok))
+    end_at, ok = _utc_times(strip(table.column("end")), ctx)
+    fallback = pc.or_(fallback, pc.invert(ok))
+    counts = {}
+    for name in ("duration", "billsec"):
+        value = strip(table.column(name))
+        ok = pc.match_substring_regex(value, _COUNT)
+        fallback = pc.or_(fallback, pc.invert(ok))
+        counts[name] = pc.cast(pc.if_else(ok, value, "0"), pa.int64())
+    sequence_text = text_of("sequence")
+    sequence_ok = pc.fill_null(pc.match_substring_regex(sequence_text, _COUNT), True)
+    fallback = pc.or_(fallback, pc.invert(sequence_ok))
+    sequence = pc.cast(pc.if_else(sequence_ok, sequence_text, pa.scalar(None, pa.string())), pa.int64())
+    uniqueid = text_of("uniqueid")
+
+    keys = _dedupe_keys(ctx.name, uniqueid, sequence_text, start_text, raw_lines)
+    caller_text = strip(table.column("src"))
+    no_src = pc.equal(pc.utf8_length(caller_text), 0)
+    if pc.any(no_src).as_py():
+        clid = empty_to_null(strip(table.column("clid")))
+        from_clid = map_distinct(pc.if_else(no_src, clid, pa.scalar(None, pa.string())), clid_number, pa.string())
+        caller_text = pc.if_else(no_src, from_clid, caller_text)
+    caller_kind, caller_value = _parties(empty_to_null(caller_text), ctx)
+    callee_kind, callee_value = _parties(text_of("dst"), ctx)
+    pair = pc.binary_join_element_wise(caller_kind, callee_kind, "|")
+    direction = map_distinct(pair, _direction_of_kinds, pa.string())
+
+    out: dict[str, pa.Array] = {
+        "dedupe_key": keys,
+        "call_id": pc.coalesce(uniqueid, keys),
+        "linked_id": text_of("linkedid"),
+        "sequence": sequence,
+        "start_at": start_at,
+        "answer_at": answer_at,
+        "end_at": end_at,
+        "duration_s": counts["duration"],
+        "billsec_s": counts["billsec"],
+        "disposition": map_distinct(table.column("disposition"), lambda t: disposition_from_text(t).value, pa.string()),
+        "direction": direction,
+        "caller_kind": caller_kind,
+        "caller_value": caller_value,
+        "callee_kind": callee_kind,
+        "callee_value": callee_value,
+        "account_code": text_of("accountcode"),
+        "context": text_of("dcontext"),
+        "src_channel": text_of("channel"),
+        "dst_channel": text_of("dstchannel"),
+        "last_app": text_of("lastapp"),
+        "last_data": text_of("lastdata"),
+    }
+    for name in columns:
+        if name not in _MAPPED:
+            out[f"extra.{name}"] = strip(table.column(name))
+    return pa.table(out), as_array(fallback)
+
+
+def _utc_times(text: pa.Array, ctx: PbxContext) -> tuple[pa.Array, pa.Array]:
+    """UTC times of ``YYYY-MM-DD HH:MM:SS`` local times, and where that was certain (empty -> null, ok).
+
+    A value in exactly that shape is read by Arrow and checked by writing it back; the zone offset is
+    taken per distinct local hour from ``localise`` (PEP 495 fold=0, as the line parser), and an hour
+    whose offset changes within it (a clock change) is left to the line parser, as is any other shape.
+    """
+    empty = pc.equal(pc.utf8_length(text), 0)
+    local = pc.strptime(text, format=_LOCAL_FORMAT, unit="s", error_is_null=True)
+    # Arrow's strptime also takes "2025-3-4" and rolls "02-30" or ":60" over; the line parser rejects
+    # both, so only the exact shape with the same day and second read back counts as certain.
+    canonical = pc.match_substring_regex(text, _LOCAL_SHAPE)
+    shaped = pc.if_else(canonical, text, pa.scalar(None, pa.string()))
+    for part, start in ((pc.day, 8), (pc.second, 17)):
+        written = pc.cast(pc.utf8_slice_codeunits(shaped, start, start + 2), pa.int64())
+        canonical = pc.and_(canonical, pc.equal(part(local), written))
+    canonical = pc.fill_null(canonical, False)
+    seconds = pc.cast(local, pa.int64())
+    canonical = pc.and_(canonical, pc.fill_null(pc.greater_equal(seconds, 0), False))
+    seconds = pc.if_else(canonical, seconds, pa.scalar(None, pa.int64()))
+    hours = pc.divide(seconds, 3600)
+    offsets = map_distinct(hours, lambda hour: _hour_offset(hour, ctx.timezone), pa.int64())
+    ok = pc.or_(empty, pc.fill_null(pc.is_valid(offsets), False))
+    micros = pc.multiply(pc.subtract(seconds, offsets), 1_000_000)
+    return pc.cast(micros, pa.int64()).cast(_TS), ok
+
+
+def _hour_offset(hour: int, tz: ZoneInfo) -> int | None:
+    """Seconds to subtract from local times in this local hour to get UTC; None if not one value."""
+    first = datetime(1970, 1, 1) + timedelta(hours=hour)  # noqa: DTZ001 - a wall-clock time, zone applied below
+    last = first + timedelta(seconds=3599)
+    try:
+        offsets = {
+            int((moment - localise(moment.year, moment.month, moment.day, moment.hour, moment.minute,
+                                   moment.second, 0, tz).replace(tzinfo=None)).total_seconds())
+            for moment in (first, last)
+        }  # fmt: skip
+    except (ValueError, OverflowError):
+        return None
+    return offsets.pop() if len(offsets) == 1 else None
+
+
+def _dedupe_keys(
+    pbx: str, uniqueid: pa.Array, sequence_text: pa.Array, start_text: pa.Array, raw_lines: pa.Array
+) -> pa.Array:
+    """``dedupe_key`` of every row, exactly as ``parse_line`` computes it.
+
+    The length-prefixed message after the PBX name is assembled by Arrow; Python only hashes it.
+    """
+    name = pbx.encode("utf-8", "surrogatepass")
+    prefix = len(name).to_bytes(8, "big") + name
+    by_id = pc.and_(pc.is_valid(uniqueid), pc.is_valid(sequence_text))
+    parts = []
+    for part in (uniqueid, sequence_text, start_text):
+        binary = pc.cast(pc.fill_null(part, ""), pa.binary())
+        parts += [map_distinct(pc.binary_length(binary), _length_prefix, pa.binary()), binary]
+    keyed = pc.binary_join_element_wise(*parts, b"")
+    line_prefix = map_distinct(pc.binary_length(raw_lines), _length_prefix, pa.binary())
+    messages = pc.if_else(by_id, keyed, pc.binary_join_element_wise(line_prefix, raw_lines, b""))
+    sha256 = hashlib.sha256
+    return pa.array([sha256(prefix + message).hexdigest() for message in messages.to_pylist()], pa.string())
+
+
+def _length_prefix(length: int) -> bytes:
+    return length.to_bytes(8, "big")
+
+
+def _parties(text: pa.Array, ctx: PbxContext) -> tuple[pa.Array, pa.Array]:
+    """(kind, value) columns of ``parse_party`` over a column (null -> none)."""
+    parties = map_distinct(text, lambda value: _party_pair(parse_party(value, ctx)), pa.string())
+    pieces = pc.split_pattern(parties, "\x00", max_splits=1)
+    kinds = pc.fill_null(pc.list_element(pieces, 0), PartyKind.NONE.value)
+    values = empty_to_null(pc.list_element(pieces, 1))
+    return as_array(kinds), as_array(values)
+
+
+def _party_pair(party: Party) -> str:
+    return f"{party.kind.value}\x00{party.value or ''}"
+
+
+_KINDS = {kind.value: kind for kind in PartyKind}
+
+
+def _direction_of_kinds(pair: str) -> str:
+    caller, callee = pair.split("|")
+    return infer_direction(Party(_KINDS[caller], None), Party(_KINDS[callee], None)).value

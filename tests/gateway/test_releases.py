@@ -312,6 +312,12 @@ async def test_restricted_subjects_are_not_released_and_names_use_the_call_time(
     credential = await create_release(http, node, dpo_token, tenant=TENANT, recordings=[fine, unknown])
     stamp = node.gateway.clock.now().strftime("%Y%m%dT%H%M%SZ")
     assert [r["name"] for r in credential["recordings"]] == ["20250304T140509Z_crm-1001.wav", f"{stamp}_no-cdr.wav"]
+    # A subject restricted after the release was made: reissue checks again.
+    with node.gateway.db.transaction() as tx:
+        node.gateway.subjects.set_restricted(tx, "+442079460123", True)
+    path = f"/v1/admin/releases/{credential['release_id']}/reissue"
+    status, answer = await admin(http, node, dpo_token, "POST", path)
+    assert (status, answer["error"]["code"], answer["error"]["details"]) == (409, "conflict", {"recordings": [fine]})
 
 
 # --- acceptance 1 (paramiko) ------------------------------------------------------------------------
