@@ -55,7 +55,8 @@ from gateway.errors import (
 from gateway.operators import Operator
 from gateway.rbac import Role
 from gateway.security import LoginThrottle, PasswordHashing, new_password
-from vault.service import Recording, RecordingShreddedError
+from vault.errors import RecordingShreddedError
+from vault.service import Recording
 
 log = logging.getLogger("telgate.access")
 

@@ -21,8 +21,9 @@ from typing import Any
 from gateway.audit import AuditTrail
 from gateway.db import Database, Migrations, Transaction, parse_utc, utc_text
 from gateway.errors import BackendUnavailableError, ConflictError
+from vault.errors import RecordingNotFoundError
 from vault.ports import WrappedKey
-from vault.service import AuditEvent, KeyReplacement, KeyStore, Recording, RecordingCatalog, RecordingNotFoundError
+from vault.service import AuditEvent, KeyReplacement, KeyStore, Recording, RecordingCatalog
 
 MIGRATIONS: Migrations = [
     (

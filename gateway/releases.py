@@ -63,7 +63,8 @@ from gateway.errors import BadRequestError, ConflictError, NotFoundError
 from gateway.security import LoginThrottle, PasswordHashing, new_password
 from gateway.settings import ReleaseSettings
 from ingest.lake import IcebergLake
-from vault.service import Recording, RecordingNotFoundError, RecordingVault
+from vault.errors import RecordingNotFoundError
+from vault.service import Recording, RecordingVault
 from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate
 
 log = logging.getLogger("telgate.releases")

@@ -8,7 +8,12 @@
     ├── KeyNotFoundError             vault.key_not_found        master-key version unknown or retired
     ├── KeyringError                 vault.keyring              keyring file missing, unreadable, unsafe
     ├── BlobNotFoundError            vault.blob_not_found       no blob with that id
-    └── BlobExistsError              vault.blob_exists          a blob with that id is already committed
+    ├── BlobExistsError              vault.blob_exists          a blob with that id is already committed
+    ├── RecordingNotFoundError       vault.recording_not_found  no recording with that id
+    │   └── RecordingShreddedError   vault.recording_shredded   destroyed: its key is gone for good
+    ├── RecordingConflictError       vault.recording_conflict   same call id, different content
+    ├── RecordingTooLargeError       vault.recording_too_large  over vault.max_recording_bytes
+    └── KeyInUseError                vault.key_in_use           a key version still wraps data keys
 
 ``gateway/errors.py`` maps each ``code`` to an HTTP status, a CLI exit code and an SFTP status; the codes
 never change once released. ``CorruptRecordingError`` deliberately carries no detail (like
@@ -79,3 +84,39 @@ class BlobExistsError(VaultError):
 
     code: ClassVar[str] = "vault.blob_exists"
     default_message: ClassVar[str] = "blob already exists"
+
+
+
+class RecordingNotFoundError(VaultError):
+    """No recording has that id."""
+
+    code: ClassVar[str] = "vault.recording_not_found"
+    default_message: ClassVar[str] = "no such recording"
+
+
+class RecordingShreddedError(RecordingNotFoundError):
+    """The recording was destroyed: its key is gone and it can never be read again."""
+
+    code: ClassVar[str] = "vault.recording_shredded"
+    default_message: ClassVar[str] = "the recording was shredded"
+
+
+class RecordingConflictError(VaultError):
+    """A live recording with the same call id and different content already exists."""
+
+    code: ClassVar[str] = "vault.recording_conflict"
+    default_message: ClassVar[str] = "a different recording with this call id already exists"
+
+
+class RecordingTooLargeError(VaultError):
+    """The recording exceeds the configured maximum size."""
+
+    code: ClassVar[str] = "vault.recording_too_large"
+    default_message: ClassVar[str] = "the recording exceeds the maximum size"
+
+
+class KeyInUseError(VaultError):
+    """A master-key version cannot be retired: it is current or key rows still use it."""
+
+    code: ClassVar[str] = "vault.key_in_use"
+    default_message: ClassVar[str] = "master key version still in use"

@@ -42,10 +42,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, BinaryIO, ClassVar, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 
 from vault.envelope import DEFAULT_CHUNK_SIZE, EnvelopeReader, EnvelopeWriter, new_data_key
-from vault.errors import BlobNotFoundError, CorruptRecordingError, KeyNotFoundError, VaultError
+from vault.errors import (
+    BlobNotFoundError,
+    CorruptRecordingError,
+    KeyInUseError,
+    KeyNotFoundError,
+    RecordingConflictError,
+    RecordingNotFoundError,
+    RecordingShreddedError,
+    RecordingTooLargeError,
+    VaultError,
+)
 from vault.ports import BlobStore, Clock, KeyProvider, WrappedKey
 
 __all__ = [
@@ -96,44 +106,6 @@ def _hashers() -> ThreadPoolExecutor:
 BytesLike = bytes | bytearray | memoryview
 Progress = Callable[[int, int], None]
 """Called with (done, total) as long work advances (rows for rotation, bytes for verification)."""
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-class RecordingNotFoundError(VaultError):
-    """No recording has that id."""
-
-    code: ClassVar[str] = "vault.recording_not_found"
-    default_message: ClassVar[str] = "no such recording"
-
-
-class RecordingShreddedError(RecordingNotFoundError):
-    """The recording was destroyed: its key is gone and it can never be read again."""
-
-    code: ClassVar[str] = "vault.recording_shredded"
-    default_message: ClassVar[str] = "the recording was shredded"
-
-
-class RecordingConflictError(VaultError):
-    """A live recording with the same call id and different content already exists."""
-
-    code: ClassVar[str] = "vault.recording_conflict"
-    default_message: ClassVar[str] = "a different recording with this call id already exists"
-
-
-class RecordingTooLargeError(VaultError):
-    """The recording exceeds the configured maximum size."""
-
-    code: ClassVar[str] = "vault.recording_too_large"
-    default_message: ClassVar[str] = "the recording exceeds the maximum size"
-
-
-class KeyInUseError(VaultError):
-    """A master-key version cannot be retired: it is current or key rows still use it."""
-
-    code: ClassVar[str] = "vault.key_in_use"
-    default_message: ClassVar[str] = "master key version still in use"
 
 
 # --- values --------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from gateway.security import LoginThrottle, PasswordHashing
 from gateway.wiring import COMPONENT_MIGRATIONS
 from tests.fakes import FakeClock
 from tests.pg import postgres_cluster
-from vault.service import Recording, RecordingNotFoundError
+from vault.errors import RecordingNotFoundError
+from vault.service import Recording
 
 REASON = "complaint INC0012345: check the call"
 RECORDING = Recording(
