@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.db import Database, PostgresDatabase, SqliteDatabase, migrate
 from gateway.server import RunningServer, start_server
 from gateway.settings import Settings, load_settings
 from gateway.wiring import FIRST_DPO, initialise
 from tests.fakes import FakeClock
+from tests.pg import postgres_cluster
 
 # Cheap argon2 for tests: the cost is a setting, the algorithm is the same.
 FAST_SECURITY = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
@@ -117,3 +120,32 @@ def cli_env(config_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")}
     env["TELGATE_CLI_CONFIG_DIR"] = str(config_dir)
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """One throwaway PostgreSQL cluster for the whole run (None when PostgreSQL is not installed)."""
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> Iterator[Database]:
+    """A migrated metadata store on each backend: SQLite always, PostgreSQL in a schema of its own."""
+    from gateway.wiring import COMPONENT_MIGRATIONS
+
+    database: Database
+    if request.param == "sqlite":
+        database = SqliteDatabase(tmp_path / "metadata.sqlite")
+    else:
+        if postgres_url is None:
+            pytest.skip("PostgreSQL binaries not installed and TELGATE_TEST_POSTGRES_URL not set")
+        database = PostgresDatabase(postgres_url)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with database.transaction() as tx:
+            tx.execute(f"CREATE SCHEMA {schema}")
+            tx.execute(f"SET search_path TO {schema}")
+    for component, migrations in COMPONENT_MIGRATIONS:
+        migrate(database, component, migrations)
+    yield database
+    database.close()

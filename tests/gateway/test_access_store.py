@@ -6,23 +6,18 @@ audited once."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from gateway.access import AccessRequests, GrantExpiredError, GrantUsedError
 from gateway.audit import AuditTrail
-from gateway.db import Database, PostgresDatabase, SqliteDatabase, migrate
+from gateway.db import Database
 from gateway.errors import ConflictError, NotFoundError, PermissionDeniedError
 from gateway.operators import Operator
 from gateway.rbac import Role
 from gateway.security import LoginThrottle, PasswordHashing
-from gateway.wiring import COMPONENT_MIGRATIONS
 from tests.fakes import FakeClock
-from tests.pg import postgres_cluster
 from vault.errors import RecordingNotFoundError
 from vault.service import Recording
 
@@ -57,29 +52,10 @@ ALICE = operator("alice", Role.MANAGER)
 DPO = operator("dpo", Role.DPO)
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str | None]:
-    with postgres_cluster() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> Iterator[Database]:
-    database: Database
-    if request.param == "sqlite":
-        database = SqliteDatabase(tmp_path / "access.sqlite")
-    else:
-        if postgres_url is None:
-            pytest.skip("PostgreSQL binaries not installed and TELGATE_TEST_POSTGRES_URL not set")
-        database = PostgresDatabase(postgres_url)
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        with database.transaction() as tx:
-            tx.execute(f"CREATE SCHEMA {schema}")
-            tx.execute(f"SET search_path TO {schema}")
-    for component, migrations in COMPONENT_MIGRATIONS:
-        migrate(database, component, migrations)
-    yield database
-    database.close()
+@pytest.fixture
+def db(metadata_db: Database) -> Database:
+    """The metadata store on each backend (see tests/conftest.py)."""
+    return metadata_db
 
 
 @pytest.fixture

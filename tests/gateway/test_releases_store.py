@@ -25,7 +25,6 @@ from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import ReleaseSettings
 from gateway.wiring import COMPONENT_MIGRATIONS
 from tests.fakes import FakeClock
-from tests.pg import postgres_cluster
 from vault.blobs import LocalBlobStore
 from vault.keyring import LocalKeyring
 from vault.service import RecordingVault
@@ -44,13 +43,6 @@ class Node:
     gate: SqlReleaseGate
     vault: RecordingVault
     audit: AuditTrail
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str | None]:
-    """A throwaway PostgreSQL cluster for this module, or None."""
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

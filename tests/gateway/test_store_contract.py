@@ -7,47 +7,24 @@ suite before it is offered.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from gateway.audit import AuditTrail
-from gateway.db import Database, PostgresDatabase, SqliteDatabase, migrate
+from gateway.db import Database, migrate
 from gateway.errors import ConflictError, NotFoundError
 from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.wiring import COMPONENT_MIGRATIONS
 from tests.fakes import FakeClock
-from tests.pg import postgres_cluster
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str | None]:
-    with postgres_cluster() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> Iterator[Database]:
-    database: Database
-    if request.param == "sqlite":
-        database = SqliteDatabase(tmp_path / "contract.sqlite")
-    else:
-        if postgres_url is None:
-            pytest.skip("PostgreSQL binaries not installed and TELGATE_TEST_POSTGRES_URL not set")
-        database = PostgresDatabase(postgres_url)
-        schema = f"t_{uuid.uuid4().hex[:12]}"  # each test in its own schema of the shared cluster
-        with database.transaction() as tx:
-            tx.execute(f"CREATE SCHEMA {schema}")
-            tx.execute(f"SET search_path TO {schema}")
-    for component, migrations in COMPONENT_MIGRATIONS:
-        migrate(database, component, migrations)
-    yield database
-    database.close()
+@pytest.fixture
+def db(metadata_db: Database) -> Database:
+    """The metadata store on each backend (see tests/conftest.py)."""
+    return metadata_db
 
 
 def test_migrations_are_idempotent(db: Database) -> None:

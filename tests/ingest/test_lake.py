@@ -22,7 +22,6 @@ from pyiceberg.transforms import DayTransform
 from ingest import lake as lake_module
 from ingest.lake import MARKER_PROPERTY, IcebergLake, LakeError, lake_locations
 from ingest.records import ACD_EVENT_SCHEMA, CDR_SCHEMA, AcdEventRecord, CdrRecord, records_to_table
-from tests.pg import postgres_cluster
 
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 INGESTED_AT = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
@@ -438,13 +437,6 @@ def test_marker_lives_in_the_snapshot_summary(lake: IcebergLake, tmp_path: Path)
         assert snapshot.summary["added-records"] == "1"
     finally:
         catalog.close()
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str | None]:
-    """A throwaway PostgreSQL cluster for this module, or None when none can be had."""
-    with postgres_cluster() as url:
-        yield url
 
 
 def test_round_trip_on_postgresql_catalog(postgres_url: str | None, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from gateway.db import Database, PostgresDatabase, SqliteDatabase, migrate
 from gateway.recordings import SqlRecordingCatalog
 from gateway.wiring import COMPONENT_MIGRATIONS
 from tests.fakes import FakeClock
-from tests.pg import postgres_cluster
 from vault.blobs import LocalBlobStore
 from vault.errors import CorruptRecordingError, KeyNotFoundError
 from vault.keyring import LocalKeyring
@@ -53,12 +52,6 @@ class Parts:
     audit: AuditTrail
     clock: FakeClock
     root: Path
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str | None]:
-    with postgres_cluster() as url:
-        yield url
 
 
 def _database(kind: str, root: Path, postgres_url: str | None) -> Database:
