@@ -79,9 +79,17 @@ async def read_body(request: web.Request) -> bytes:
 def _handler(source_format: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def ingest(request: web.Request) -> web.Response:
         pbx = await current_pbx(request)
-        body = await read_body(request)
         gw = request.app[GATEWAY]
-        result = await gw.ingest.ingest(pbx, source_format, body, request.headers.get("Content-Type", ""))
+        content_type = request.headers.get("Content-Type", "")
+        if gw.ingest.is_large(request.content_length):
+            async with gw.ingest.large_body_slot:  # read and parse large bodies one at a time
+                body = await read_body(request)
+                prepared = await gw.ingest.prepare(pbx, source_format, body, content_type)
+                del body
+        else:
+            body = await read_body(request)
+            prepared = await gw.ingest.prepare(pbx, source_format, body, content_type)
+        result = await gw.ingest.stage(prepared)
         if source_format == QUEUE_LOG_STORE:
             stored = result.accepted + result.duplicates
             return web.Response(text=f"{stored}\n", status=200 if stored else 400, content_type="text/plain")

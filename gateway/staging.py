@@ -472,6 +472,7 @@ class StagingWriter:
                     break
                 group.append(item)
             self._commit(group)
+            del first, group  # do not hold the last group's records while waiting for the next
 
     def _commit(self, group: list[_Pending]) -> None:
         try:

@@ -9,12 +9,12 @@ are sent there by the callers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Column = pa.Array | pa.ChunkedArray
+Column: TypeAlias = Any  # a pyarrow Array or ChunkedArray (pyarrow ships no type information)
 
 # What ``str.strip()`` removes from ASCII text (the column-wise paths only take ASCII rows).
 ASCII_STRIP = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
@@ -37,7 +37,7 @@ def empty_to_null(column: Column) -> pa.Array:
 
 
 def map_distinct(
-    column: Column, function: Callable[[Any], Any], out_type: pa.DataType, where: pa.Array | None = None
+    column: Column, function: Callable[[Any], Any], out_type: pa.DataType, where: Column | None = None
 ) -> pa.Array:
     """``function`` of each value, called once per distinct value; nulls stay null.
 
@@ -49,6 +49,7 @@ def map_distinct(
         encoded = array.dictionary_encode()
         mapped = pa.array([function(value) for value in encoded.dictionary.to_pylist()], out_type)
         return mapped.take(encoded.indices)
+    where = as_array(where)
     rows = pc.indices_nonzero(where)
     if len(rows) == 0:
         return array

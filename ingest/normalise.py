@@ -118,9 +118,8 @@ def _e164_cached(digits: str, country: str, dial_prefixes: tuple[str, ...], requ
     for candidate in candidates:
         if len(candidate.lstrip("+")) < MIN_NUMBER_DIGITS:
             continue
-        try:
-            number = phonenumbers.parse(candidate, country)
-        except phonenumbers.NumberParseException:
+        number = _parsed(candidate, country)
+        if number is None:
             continue
         if require_valid:
             ok = phonenumbers.is_valid_number(number)
@@ -129,6 +128,15 @@ def _e164_cached(digits: str, country: str, dial_prefixes: tuple[str, ...], requ
         if ok:
             return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
     return None
+
+
+@functools.lru_cache(maxsize=32_768)
+def _parsed(candidate: str, country: str) -> phonenumbers.PhoneNumber | None:
+    """``phonenumbers.parse`` once per string: a party (possible?) and free text (valid?) often share it."""
+    try:
+        return phonenumbers.parse(candidate, country)
+    except phonenumbers.NumberParseException:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +153,7 @@ class NumberingPlan:
 def numbering_plan(country: str) -> NumberingPlan | None:
     """The plan of ``country``, or None when its national prefix rule is not a plain list of digits."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(country, None)
-    if metadata is None or metadata.national_prefix_transform_rule:
+    if metadata is None or metadata.national_prefix_transform_rule or metadata.country_code is None:
         return None
     prefix_rule = metadata.national_prefix_for_parsing
     if prefix_rule and not re.fullmatch(r"\d+(?:\|\d+)*", prefix_rule):
@@ -155,7 +163,7 @@ def numbering_plan(country: str) -> NumberingPlan | None:
     lengths: set[int] = set()
     for region in phonenumbers.region_codes_for_country_code(metadata.country_code):
         shared = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(metadata.country_code, region)
-        if shared is None:
+        if shared is None or shared.general_desc is None:
             return None
         lengths.update(shared.general_desc.possible_length)
     return NumberingPlan(

@@ -199,7 +199,7 @@ class _BoundedCache:
 # the PBX's numbering only, so they are shared between requests; the tokens are filled in per request
 # (after an erasure the number gets a new token, never the old one from a cache).
 _Template = str | tuple[str, ...]
-_SCRUB_TEMPLATES = _BoundedCache(131_072)
+_SCRUB_TEMPLATES = _BoundedCache(32_768)
 _SCRUB_CACHE_MAX_TEXT = 256
 
 

@@ -27,6 +27,7 @@ and ingested twice gets the same key.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -238,6 +239,7 @@ COLUMNAR_MIN_BYTES = 256 * 1024
 # One Master.csv line in the quoting that Python's csv module (strict) and Arrow's CSV reader read the
 # same way: unquoted fields without quotes, quoted fields with "" for a quote, ending at a comma.
 _CSV_LINE = r'^(?:[^",]*|"(?:[^"]|"")*")(?:,(?:[^",]*|"(?:[^"]|"")*"))*$'
+_QUOTED = r'"(?:[^"]|"")*"'
 _BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() removes: split_lines skips lines made of these
 _LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCAL_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"
@@ -268,30 +270,37 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
     """Parse a large Master.csv body column-wise; None when it should go line by line instead.
 
     Gives exactly what ``parse_asterisk_csv`` gives (same records, keys and rejects, in line order once
-    merged by line number). Lines Arrow's reader and this module's line parser could read differently
-    are handed to ``parse_line``; a body whose lines do not all share one column profile, or that is
-    not UTF-8, or has CR line ends, is left to the line-by-line parser altogether (returns None).
+    merged by line number). Lines Arrow's reader and this module's line parser could read differently,
+    and lines with non-ASCII bytes, are handed to ``parse_line``; a body whose lines do not all share
+    one column profile, or with CR line ends or a BOM, is left to the line-by-line parser altogether
+    (returns None).
     """
     require_media_type(content_type, ACCEPTED_MEDIA_TYPES, FORMAT)
     if len(body) < COLUMNAR_MIN_BYTES or b"\r" in body or body.startswith(_UTF8_BOM):
         return None
     raw_lines = pc.list_flatten(pc.split_pattern(pa.array([body], pa.binary()), b"\n"))
-    try:
-        text = raw_lines.cast(pa.string())
-    except pa.ArrowInvalid:
-        return None  # not UTF-8 somewhere: the line parser rejects just those lines
-    blank = pc.equal(pc.utf8_length(pc.utf8_trim(text, characters=_BLANK)), 0)
-    plain = pc.and_(pc.string_is_ascii(text), pc.match_substring_regex(text, _CSV_LINE))
+    # Lines with any non-ASCII byte (names with accents, or not UTF-8 at all) go to the line parser; the
+    # string kernels below only ever see ASCII.
+    ascii_only = pc.string_is_ascii(raw_lines.view(pa.string()))
+    text = pc.if_else(ascii_only, raw_lines.view(pa.string()), "")
+    blank = pc.and_(ascii_only, pc.equal(pc.utf8_length(pc.utf8_trim(text, characters=_BLANK)), 0))
+    plain = pc.and_(ascii_only, pc.match_substring_regex(text, _CSV_LINE))
     eligible = pc.and_not(plain, blank)
     odd_lines = pc.indices_nonzero(pc.and_not(pc.invert(plain), blank)).to_pylist()
     rows = pc.indices_nonzero(eligible)
     if len(rows) == 0:
         return None
     if len(rows) == len(text) - 1 and bool(blank[len(text) - 1].as_py()):
-        data = body  # every line but the empty one after the final newline
+        table = _read_csv(body)  # every line but the empty one after the final newline
     else:
-        data = b"\n".join(raw_lines.take(rows).to_pylist()) + b"\n"
-    table = _read_csv(data)
+        table = _read_csv(b"\n".join(raw_lines.take(rows).to_pylist()) + b"\n")
+    if table is None:
+        # Lines of another field count (a truncated line, a second profile): those go line by line.
+        fields = pc.add(pc.count_substring(pc.replace_substring_regex(text, _QUOTED, ""), ","), 1)
+        same = pc.equal(fields, fields[rows[0].as_py()])
+        odd_lines = sorted(odd_lines + pc.indices_nonzero(pc.and_not(eligible, same)).to_pylist())
+        rows = pc.indices_nonzero(pc.and_(eligible, same))
+        table = _read_csv(b"\n".join(raw_lines.take(rows).to_pylist()) + b"\n")
     if table is None or table.num_rows != len(rows):
         return None
     columns = _profile_of(table.num_columns, ctx)
@@ -370,7 +379,8 @@ def _cdr_columns(
 
     start_text = strip(table.column("start"))
     start_at, ok = _utc_times(start_text, ctx)
-    fallback = pc.or_(fallback, pc.invert(ok))  # empty, an epoch, other shapes: parse_line decides
+    ok = pc.and_(ok, pc.is_valid(start_at))  # a missing start is a reject: parse_line words it
+    fallback = pc.or_(fallback, pc.invert(ok))  # an epoch, other shapes: parse_line decides
     answer_at, ok = _utc_times(strip(table.column("answer")), ctx)
     fallback = pc.or_(fallback, pc.invert(ok))
     end_at, ok = _utc_times(strip(table.column("end")), ctx)
@@ -497,15 +507,30 @@ def _length_prefix(length: int) -> bytes:
 
 def _parties(text: pa.Array, ctx: PbxContext) -> tuple[pa.Array, pa.Array]:
     """(kind, value) columns of ``parse_party`` over a column (null -> none)."""
-    parties = map_distinct(text, lambda value: _party_pair(parse_party(value, ctx)), pa.string())
+    numbering = (ctx.country, ctx.dial_prefixes, ctx.extension_max_digits)
+    parties = map_distinct(text, lambda value: _party_pair(value, numbering), pa.string())
     pieces = pc.split_pattern(parties, "\x00", max_splits=1)
     kinds = pc.fill_null(pc.list_element(pieces, 0), PartyKind.NONE.value)
     values = empty_to_null(pc.list_element(pieces, 1))
     return as_array(kinds), as_array(values)
 
 
-def _party_pair(party: Party) -> str:
+@functools.lru_cache(maxsize=65_536)
+def _party_pair(text: str, numbering: tuple[str, tuple[str, ...], int]) -> str:
+    """``kind NUL value`` of ``parse_party(text)`` in a PBX of this numbering (cached per text)."""
+    country, dial_prefixes, extension_max_digits = numbering
+    ctx = _numbering_context(country, dial_prefixes, extension_max_digits)
+    party = parse_party(text, ctx)
     return f"{party.kind.value}\x00{party.value or ''}"
+
+
+@functools.lru_cache(maxsize=64)
+def _numbering_context(country: str, dial_prefixes: tuple[str, ...], extension_max_digits: int) -> PbxContext:
+    """A context that carries only what ``parse_party`` reads (the PBX's numbering)."""
+    return PbxContext(
+        name="numbering", tenant="numbering", timezone=ZoneInfo("UTC"), country=country,
+        dial_prefixes=dial_prefixes, extension_max_digits=extension_max_digits,
+    )  # fmt: skip
 
 
 _KINDS = {kind.value: kind for kind in PartyKind}
