@@ -43,7 +43,7 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     """Start-up: reconcile staging with the lake, then run the flusher until shutdown."""
     gateway = app[GATEWAY]
     await asyncio.to_thread(gateway.flusher.reconcile)
-    flusher = asyncio.create_task(gateway.flusher.run(), name="telgate-flusher")
+    flusher = asyncio.create_task(gateway.flusher.run(gateway.settings.lake), name="telgate-flusher")
     yield
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -9,10 +9,8 @@ maintenance (compaction, snapshot expiry) on a schedule.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import pyarrow as pa
 
 from gateway.audit import Clock
 from gateway.principals import Pbx
+from gateway.settings import LakeSettings
 from gateway.staging import KINDS, Kind, Rejected, StageRequest, StagingStore, StagingWriter, records_table
 from gateway.subjects import SqlSubjectTokens
 from ingest.context import ParseResult, PbxContext
@@ -30,7 +29,7 @@ from ingest.formats import FORMAT_TABLES, PARSERS
 from ingest.formats.asterisk_csv import COLUMNAR_MIN_BYTES, parse_asterisk_csv, parse_asterisk_csv_columns
 from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
 from ingest.formats.queue_log import decode_form, parse_queue_log_store
-from ingest.lake import IcebergLake
+from ingest.lake import IcebergLake, MaintenanceReport
 from ingest.policy import pseudonymise_all, pseudonymise_csv_columns
 from ingest.ports import SubjectTokens
 from ingest.records import (
@@ -169,38 +168,6 @@ class _TokenBatcher:
                 self._cond.notify_all()
 
 
-def tune_memory() -> None:
-    """Make freed memory go back to the system, so that the gateway's resident size follows its working set.
-
-    Measured on a 1,000,000-line Master.csv (20 posts of 50,000 lines): with Arrow's default allocator
-    (mimalloc) and glibc's defaults the gateway peaked at ~670 MB although its live data stayed far
-    smaller: mimalloc keeps the pages of each batch's Arrow buffers, and glibc's malloc keeps freed
-    multi-megabyte blocks (bodies, payloads) in per-thread arenas once its adaptive mmap threshold has
-    grown. Arrow on the system allocator, large blocks always mmap'd (returned on free), two arenas and
-    a 1 MiB trim threshold gave ~430 MB at the same throughput. Operators can still choose: any of
-    ``ARROW_DEFAULT_MEMORY_POOL`` or glibc's ``MALLOC_*`` variables set in the environment wins.
-    """
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
-    if any(name.startswith("MALLOC_") for name in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    for option, value in ((_M_MMAP_THRESHOLD, 256 * 1024), (_M_ARENA_MAX, 2), (_M_TRIM_THRESHOLD, 1024 * 1024)):
-        libc.mallopt(option, value)
-
-
-# glibc mallopt(3) parameters
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-
-# At import, before the gateway starts its threads: glibc's arena limit only binds arenas created later.
-tune_memory()
-
-
 class IngestService:
     """Turns a PBX's request body into staged, pseudonymised records."""
 
@@ -310,6 +277,9 @@ class IngestService:
 COMMIT_RECORDS = 50_000
 
 
+MIN_SNAPSHOTS = 10  # snapshots kept by maintenance whatever their age
+
+
 class Flusher:
     """Moves staged records to the lake: by size, by age, on demand; reconciles after a crash."""
 
@@ -382,9 +352,35 @@ class Flusher:
         """Forget dedupe keys older than the window."""
         return self._store.expire_dedupe(self._clock.now() - self._dedupe_window)
 
-    async def run(self, poll_seconds: float = 1.0) -> None:
-        """Background loop of ``serve``: flush when due; never raises (errors are logged and retried)."""
+    async def maintain_lake(self, maintenance: LakeSettings) -> MaintenanceReport:
+        """Compact small files and expire old snapshots, under the flush lock.
+
+        Never concurrently with an append: a compaction racing an append could carry an older staging
+        marker forward, and ``reconcile`` trusts the newest marker.
+        """
+        async with self._lock:
+            report = await asyncio.to_thread(
+                self._lake.maintain,
+                self._clock.now(),
+                maintenance.snapshot_retention,
+                MIN_SNAPSHOTS,
+                maintenance.small_file_bytes,
+            )
+        log.info(
+            "lake maintenance: %d snapshots expired, data files %d -> %d",
+            report.snapshots_expired,
+            report.data_files_before,
+            report.data_files_after,
+        )
+        return report
+
+    async def run(self, maintenance: LakeSettings | None = None, poll_seconds: float = 1.0) -> None:
+        """Background loop of ``serve``: flush when due, forget old dedupe keys, maintain the lake.
+
+        Never raises: errors are logged and retried; staged records stay staged until they are in the lake.
+        """
         last_expiry: datetime | None = None
+        last_maintenance = self._clock.now()  # not at start-up: a restart loop must not compact every time
         while True:
             try:
                 now = self._clock.now()
@@ -393,6 +389,9 @@ class Flusher:
                 if last_expiry is None or now - last_expiry >= timedelta(hours=1):
                     await asyncio.to_thread(self.expire_dedupe)
                     last_expiry = now
+                if maintenance is not None and now - last_maintenance >= maintenance.maintenance_interval:
+                    last_maintenance = now
+                    await self.maintain_lake(maintenance)
             except asyncio.CancelledError:
                 raise
             except Exception:

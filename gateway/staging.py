@@ -19,10 +19,12 @@ Dedupe rows are keyed ``HHHHHHH:<first 128 bits of the record's dedupe key>``, w
 UTC hour of the record's own time (start of the call, time of the event), zero-padded. A retried
 record carries the same time, so it finds its key; and keys arrive roughly in time order, so a batch
 of inserts touches a few B-tree pages of the current hours instead of pages all over a table of tens
-of millions of random keys (which cost 10-20 us per key and tens of MB of WAL per commit). Keys of a
-whole commit group are inserted with one statement reading a JSON array (``json_each``); only when
-that statement reports fewer new rows than keys (a retry, or the same record twice in a group) is it
-rolled back to a savepoint and redone with ``RETURNING``, to learn which records are new.
+of millions of random keys (which cost 10-20 us per key and tens of MB of WAL per commit). The price:
+a record re-sent after its PBX's time zone setting was changed (Asterisk writes local times) lands in
+another hour and is staged again. Keys of a whole commit group are inserted with one statement reading
+a JSON array (``json_each``); only when that statement reports fewer new rows than keys (a retry, or
+the same record twice in a group) is it rolled back to a savepoint and redone with ``RETURNING``, to
+learn which records are new. The schema of migration 1 is unchanged (the same columns hold the new keys).
 
 Staged payloads are Arrow IPC streams (zstd) in the lake's schema: many small requests of one commit
 group share one staged row; a large request (a Master.csv batch parsed column-wise) keeps its own.
