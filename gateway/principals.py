@@ -18,6 +18,7 @@ from gateway.db import Database, Migrations, Transaction, parse_utc, utc_text
 from gateway.errors import BadRequestError, ConflictError, NotFoundError
 from gateway.operators import validate_name
 from gateway.security import new_token, token_digest
+from ingest.formats.asterisk_csv import BASE_COLUMNS, PROFILES_BY_FIELD_COUNT
 
 MIGRATIONS: Migrations = [
     (
@@ -42,12 +43,8 @@ MIGRATIONS: Migrations = [
     ),
 ]
 
-# Asterisk cdr_csv column names, in Master.csv order (PBX-FORMATS.md).
-ASTERISK_COLUMNS = (
-    "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
-    "start", "answer", "end", "duration", "billsec", "disposition", "amaflags",
-    "uniqueid", "userfield", "peeraccount", "linkedid", "sequence",
-)  # fmt: skip
+# Every Asterisk cdr_csv column name, in Master.csv order (the 21-column profile).
+ASTERISK_COLUMNS = PROFILES_BY_FIELD_COUNT[21]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +77,7 @@ def parse_csv_columns(spec: str | None) -> tuple[str, ...] | None:
     unknown = [c for c in columns if c not in ASTERISK_COLUMNS]
     if unknown:
         raise BadRequestError(f"unknown Asterisk CSV column(s): {', '.join(unknown)}")
-    if columns[:16] != ASTERISK_COLUMNS[:16]:
+    if columns[:16] != BASE_COLUMNS:
         raise BadRequestError("the first 16 columns are fixed by cdr_csv: accountcode ... amaflags")
     return columns
 

@@ -23,7 +23,7 @@ from pyiceberg.expressions.literals import literal
 from gateway.errors import BadRequestError, NotFoundError
 from gateway.operators import Operator
 from gateway.routing import GATEWAY, admin_route, source_of
-from gateway.staging import KINDS, decode_records
+from gateway.staging import decode_records
 from gateway.wiring import Gateway
 from ingest.context import PbxContext
 from ingest.normalise import to_e164
@@ -67,19 +67,18 @@ def search_cdrs(
         condition = And(condition, GreaterThanOrEqual(term=Reference("start_at"), value=literal(since.isoformat())))
     rows = gw.lake.scan("cdr", condition, limit=SEARCH_LIMIT).to_pylist()
     seen = {row["dedupe_key"] for row in rows}
-    for kind in KINDS[:1]:  # staged CDRs not flushed yet
-        for staged in gw.db.fetch_all("SELECT payload FROM staged WHERE kind = ?", (kind,)):
-            for record in decode_records(kind, bytes(staged["payload"])):
-                assert isinstance(record, CdrRecord)
-                if record.dedupe_key in seen:
-                    continue
-                matches = (
-                    record.call_id == call_id or record.linked_id == call_id
-                    if call_id is not None
-                    else record.caller in tokens or record.callee in tokens
-                )
-                if matches and (since is None or record.start_at >= since):
-                    rows.append({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+    for staged in gw.db.fetch_all("SELECT payload FROM staged WHERE kind = ?", ("cdr",)):  # not flushed yet
+        for record in decode_records("cdr", bytes(staged["payload"])):
+            assert isinstance(record, CdrRecord)
+            if record.dedupe_key in seen:
+                continue
+            matches = (
+                record.call_id == call_id or record.linked_id == call_id
+                if call_id is not None
+                else record.caller in tokens or record.callee in tokens
+            )
+            if matches and (since is None or record.start_at >= since):
+                rows.append({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
     for row in rows:
         for party in ("caller", "callee"):
             if row[party] in tokens:

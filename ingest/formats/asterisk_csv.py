@@ -88,28 +88,7 @@ PROFILES_BY_FIELD_COUNT: dict[int, tuple[str, ...]] = {
 }
 
 # Columns that have a place of their own in RawCdr; every other non-empty column goes to ``extra``.
-_MAPPED = frozenset(
-    {
-        "accountcode",
-        "src",
-        "dst",
-        "dcontext",
-        "clid",
-        "channel",
-        "dstchannel",
-        "lastapp",
-        "lastdata",
-        "start",
-        "answer",
-        "end",
-        "duration",
-        "billsec",
-        "disposition",
-        "uniqueid",
-        "linkedid",
-        "sequence",
-    }
-)
+_MAPPED = (frozenset(BASE_COLUMNS) - {"amaflags"}) | {"uniqueid", "linkedid", "sequence"}
 
 ACCEPTED_MEDIA_TYPES = frozenset(
     {"", "text/csv", "text/plain", "application/csv", "text/x-csv", "application/octet-stream"}
