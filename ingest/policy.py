@@ -452,6 +452,9 @@ _WHOLE_NUMBER_LIKE = r"^[\t\n\x0b\x0c\r\x1c-\x1f ]*[ \-.()]*\+?[ \-.()]*[0-9][0-
 _NOT_DIGITS = r"[\t\n\x0b\x0c\r\x1c-\x1f \-.()]"
 # A value SCRUB could change: seven digits joined by at most two separators each (one ``_NUMBER_RUN``).
 _SCRUB_CANDIDATE = r"[0-9](?:[ \-.()]{0,2}[0-9]){6}"
+# A whole value ``TECH/resource-XXXXXXXX`` whose resource has no "-" (nor what ends a channel name):
+# ``_CHANNEL_SUFFIX`` then protects exactly the last nine characters, so only the rest can hold a number.
+_WHOLE_CHANNEL = r"^([A-Za-z][A-Za-z0-9_]*/[^\t\n\x0b\x0c\r\x1c-\x1f ,|/\-]*)-[0-9A-Fa-f]{8}$"
 _SCRUBBED_CDR_COLUMNS = ("account_code", "context", "src_channel", "dst_channel", "last_app", "last_data")
 
 
@@ -530,8 +533,13 @@ def _party_column(kind: pa.Array, value: pa.ChunkedArray | pa.Array, pseudonymis
 
 
 def _may_scrub(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """False where SCRUB certainly returns the value unchanged (ASCII, no seven-digit run); nulls stay null."""
-    return pc.or_(pc.invert(pc.string_is_ascii(column)), pc.match_substring_regex(column, _SCRUB_CANDIDATE))
+    """False where SCRUB certainly returns the value unchanged (ASCII, no seven-digit run); nulls stay null.
+
+    A value that is a whole channel name (``PJSIP/682-81e74ef5``) is judged without its unique suffix,
+    which SCRUB protects: random hex suffixes would otherwise send most channel names to the policy.
+    """
+    unprotected = pc.replace_substring_regex(column, _WHOLE_CHANNEL, r"\1")
+    return pc.or_(pc.invert(pc.string_is_ascii(column)), pc.match_substring_regex(unprotected, _SCRUB_CANDIDATE))
 
 
 def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser) -> pa.Array:
