@@ -45,6 +45,7 @@ MIGRATIONS: Migrations = [
 ]
 
 _CACHE_SIZE = 200_000
+_CHUNK = 500  # numbers per statement (5 parameters each: well within SQLite's and PostgreSQL's limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,31 +106,54 @@ class SqlSubjectTokens:
         return found
 
     def _load_or_create(self, tenant: str, numbers: list[str]) -> dict[str, str]:
+        """Tokens of uncached numbers: one lookup per chunk, the new ones inserted together, then cached.
+
+        Another node may create the same number meanwhile: ``ON CONFLICT DO NOTHING`` keeps its row,
+        and the rows a chunk did not insert are read back, so every node answers with the stored token.
+        """
+        sealing_key = self._sealing_key
         lookups = {self.lookup_hash(number): number for number in numbers}
         now = utc_text(self._clock.now())
         result: dict[str, str] = {}
+        pending = list(lookups)
         with self._db.transaction() as tx:
-            for lookup, number in lookups.items():
-                row = tx.fetch_one("SELECT token FROM subjects WHERE tenant = ? AND lookup = ?", (tenant, lookup))
-                if row is not None:
-                    result[number] = str(row["token"])
-                    continue
-                token = "sub_" + secrets.token_hex(16)
-                sealed = encrypt_bytes(number.encode(), self._sealing_key, token)
-                tx.execute(
-                    "INSERT INTO subjects (token, tenant, lookup, sealed, restricted, created_at)"
-                    " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (tenant, lookup) DO NOTHING",
-                    (token, tenant, lookup, sealed, now),
+            for first in range(0, len(pending), _CHUNK):
+                for lookup, token in self._stored(tx, tenant, pending[first : first + _CHUNK]).items():
+                    result[lookups.pop(lookup)] = token
+            new = list(lookups.items())
+            for first in range(0, len(new), _CHUNK):
+                batch = new[first : first + _CHUNK]
+                created = {lookup: "sub_" + secrets.token_hex(16) for lookup, _ in batch}
+                params: list[object] = []
+                for lookup, number in batch:
+                    token = created[lookup]
+                    params += [token, tenant, lookup, encrypt_bytes(number.encode(), sealing_key, token), now]
+                rows = ", ".join(["(?, ?, ?, ?, 0, ?)"] * len(batch))
+                inserted = tx.execute(
+                    "INSERT INTO subjects (token, tenant, lookup, sealed, restricted, created_at)"  # noqa: S608
+                    f" VALUES {rows} ON CONFLICT (tenant, lookup) DO NOTHING",
+                    params,
                 )
-                row = tx.fetch_one("SELECT token FROM subjects WHERE tenant = ? AND lookup = ?", (tenant, lookup))
-                assert row is not None
-                result[number] = str(row["token"])
+                if inserted != len(batch):  # another node created some of them first: take its tokens
+                    created = self._stored(tx, tenant, [lookup for lookup, _ in batch])
+                for lookup, number in batch:
+                    result[number] = created[lookup]
         with self._lock:
             for number, token in result.items():
                 self._cache[(tenant, number)] = token
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return result
+
+    @staticmethod
+    def _stored(tx: Transaction, tenant: str, lookups: list[str]) -> dict[str, str]:
+        """Stored tokens of some lookup hashes (at most ``_CHUNK``), by lookup hash."""
+        placeholders = ", ".join("?" * len(lookups))
+        rows = tx.fetch_all(
+            f"SELECT lookup, token FROM subjects WHERE tenant = ? AND lookup IN ({placeholders})",  # noqa: S608
+            [tenant, *lookups],
+        )
+        return {str(row["lookup"]): str(row["token"]) for row in rows}
 
     def find(self, e164: str, tenant: str | None = None) -> list[Subject]:
         """Every tenant's token for a number (or one tenant's); empty when unknown or erased."""
