@@ -50,8 +50,8 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
         await flusher
 
 
-def create_app(gateway: Gateway) -> web.Application:
-    """The aiohttp application of one gateway node."""
+def create_app(gateway: Gateway, *, run_flusher: bool = True) -> web.Application:
+    """The aiohttp application of one gateway node; HTTP workers leave the flusher to their supervisor."""
     app = web.Application(middlewares=[error_middleware], client_max_size=gateway.settings.ingest.max_body_bytes)
     app[GATEWAY] = gateway
     app[METRICS] = Metrics()
@@ -59,5 +59,6 @@ def create_app(gateway: Gateway) -> web.Application:
         module.setup(app)
     for route in ADMIN_ROUTES:
         app.router.add_route(route.method, route.path, admin_handler(route))
-    app.cleanup_ctx.append(background_tasks)
+    if run_flusher:
+        app.cleanup_ctx.append(background_tasks)
     return app

@@ -12,14 +12,16 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 
 from gateway.audit import Clock
+from gateway.lake_handle import LakeWriterLock
 from gateway.principals import Pbx
 from gateway.settings import LakeSettings
 from gateway.staging import KINDS, Kind, Rejected, StageRequest, StagingStore, StagingWriter, records_table
@@ -29,7 +31,6 @@ from ingest.formats import FORMAT_TABLES, PARSERS
 from ingest.formats.asterisk_csv import COLUMNAR_MIN_BYTES, parse_asterisk_csv, parse_asterisk_csv_columns
 from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
 from ingest.formats.queue_log import decode_form, parse_queue_log_store
-from ingest.lake import IcebergLake, MaintenanceReport
 from ingest.policy import pseudonymise_all, pseudonymise_csv_columns
 from ingest.ports import SubjectTokens
 from ingest.records import (
@@ -38,6 +39,9 @@ from ingest.records import (
     RawAcdEvent,
     RawCdr,
 )
+
+if TYPE_CHECKING:
+    from ingest.lake import IcebergLake, MaintenanceReport
 
 log = logging.getLogger("telgate.ingest")
 
@@ -287,16 +291,19 @@ class Flusher:
         self,
         store: StagingStore,
         writer: StagingWriter,
-        lake: IcebergLake,
+        lake: Callable[[], IcebergLake],
         clock: Clock,
         *,
+        writer_lock: LakeWriterLock,
         flush_records: int,
         flush_interval: timedelta,
         dedupe_window: timedelta,
     ) -> None:
+        """``lake`` opens the lake on first call; ``writer_lock`` keeps other processes' flushes out."""
         self._store = store
         self._writer = writer
         self._lake = lake
+        self._writer_lock = writer_lock
         self._clock = clock
         self._flush_records = flush_records
         self._flush_interval = flush_interval
@@ -306,10 +313,11 @@ class Flusher:
     def reconcile(self) -> int:
         """Drop staged rows the lake already holds (a crash came between lake commit and delete)."""
         dropped = 0
-        for kind in KINDS:
-            marker = self._lake.last_committed_marker(kind)
-            if marker is not None:
-                dropped += self._store.delete_through(kind, marker)
+        with self._writer_lock.held():
+            for kind in KINDS:
+                marker = self._lake().last_committed_marker(kind)
+                if marker is not None:
+                    dropped += self._store.delete_through(kind, marker)
         if dropped:
             log.info("reconciled %d staged records already in the lake", dropped)
             self._writer.flushed(dropped)
@@ -317,11 +325,12 @@ class Flusher:
 
     def flush_kind(self, kind: Kind) -> int:
         """Append the oldest staged batch of ``kind`` to the lake; returns records moved."""
-        last_seq, table = self._store.batch(kind, min(self._flush_records, COMMIT_RECORDS))
-        if table is None:
-            return 0
-        self._lake.append(kind, table, marker=last_seq)
-        dropped = self._store.delete_through(kind, last_seq)
+        with self._writer_lock.held():  # read the batch under the lock: another process may have moved it
+            last_seq, table = self._store.batch(kind, min(self._flush_records, COMMIT_RECORDS))
+            if table is None:
+                return 0
+            self._lake().append(kind, table, marker=last_seq)
+            dropped = self._store.delete_through(kind, last_seq)
         self._writer.flushed(dropped)
         return dropped
 
@@ -340,7 +349,7 @@ class Flusher:
 
     def due(self, now: datetime) -> bool:
         """True when staging holds a full batch or its oldest record has waited long enough."""
-        if self._writer.backlog >= self._flush_records:
+        if self._store.backlog() >= self._flush_records:  # the store's count: HTTP workers stage, not this process
             return True
         for kind in KINDS:
             oldest = self._store.oldest_staged_at(kind)
@@ -352,6 +361,12 @@ class Flusher:
         """Forget dedupe keys older than the window."""
         return self._store.expire_dedupe(self._clock.now() - self._dedupe_window)
 
+    def _maintain(self, maintenance: LakeSettings) -> MaintenanceReport:
+        with self._writer_lock.held():
+            return self._lake().maintain(
+                self._clock.now(), maintenance.snapshot_retention, MIN_SNAPSHOTS, maintenance.small_file_bytes
+            )
+
     async def maintain_lake(self, maintenance: LakeSettings) -> MaintenanceReport:
         """Compact small files and expire old snapshots, under the flush lock.
 
@@ -359,13 +374,7 @@ class Flusher:
         marker forward, and ``reconcile`` trusts the newest marker.
         """
         async with self._lock:
-            report = await asyncio.to_thread(
-                self._lake.maintain,
-                self._clock.now(),
-                maintenance.snapshot_retention,
-                MIN_SNAPSHOTS,
-                maintenance.small_file_bytes,
-            )
+            report = await asyncio.to_thread(self._maintain, maintenance)
         log.info(
             "lake maintenance: %d snapshots expired, data files %d -> %d",
             report.snapshots_expired,

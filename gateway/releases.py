@@ -49,23 +49,22 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
-
-from pyiceberg.expressions import And, EqualTo, In, Or, Reference
-from pyiceberg.expressions.literals import literal
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gateway.audit import AuditTrail, Clock
 from gateway.db import Database, Migrations, Row, Transaction, parse_utc, utc_text
 from gateway.errors import BadRequestError, ConflictError, NotFoundError
 from gateway.security import LoginThrottle, PasswordHashing, new_password
 from gateway.settings import ReleaseSettings
-from ingest.lake import IcebergLake
 from vault.errors import RecordingNotFoundError
 from vault.service import Recording, RecordingVault
 from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate
+
+if TYPE_CHECKING:
+    from ingest.lake import IcebergLake
 
 log = logging.getLogger("telgate.releases")
 
@@ -205,12 +204,16 @@ class NoCallDirectory:
 class LakeCallDirectory:
     """Call facts from the CDR lake: the earliest start of the call's legs, and restricted parties."""
 
-    def __init__(self, lake: IcebergLake, db: Database) -> None:
+    def __init__(self, lake: Callable[[], IcebergLake], db: Database) -> None:
+        """``lake`` opens the lake when first called (``LakeHandle.get``)."""
         self._lake = lake
         self._db = db
 
     def calls(self, tenant: str, call_ids: Sequence[str]) -> dict[str, CallFacts]:
         """Facts for the call ids the lake has CDRs for (by ``call_id`` or ``linked_id``)."""
+        from pyiceberg.expressions import And, EqualTo, In, Or, Reference  # with the lake, on first use
+        from pyiceberg.expressions.literals import literal
+
         wanted = list(dict.fromkeys(call_ids))
         wanted_set = set(wanted)
         starts: dict[str, datetime] = {}
@@ -222,7 +225,7 @@ class LakeCallDirectory:
                 Or(In(term=Reference("call_id"), values=batch), In(term=Reference("linked_id"), values=batch)),
             )
             columns = ["call_id", "linked_id", "start_at", "caller", "caller_kind", "callee", "callee_kind"]
-            for row in self._lake.scan("cdr", condition, columns).to_pylist():
+            for row in self._lake().scan("cdr", condition, columns).to_pylist():
                 for call_id in {row["call_id"], row["linked_id"]} - {None}:
                     start = row["start_at"]
                     starts[call_id] = min(starts.get(call_id, start), start)

@@ -17,8 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, In, Or, Reference
-from pyiceberg.expressions.literals import literal
 
 from gateway.errors import BadRequestError, NotFoundError
 from gateway.operators import Operator
@@ -54,6 +52,9 @@ def search_cdrs(
     gw: Gateway, *, tokens: dict[str, str], call_id: str | None, since: datetime | None
 ) -> list[dict[str, Any]]:
     """CDR rows matching the tokens or the call id, from the lake and staging, newest first."""
+    from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, In, Or, Reference
+    from pyiceberg.expressions.literals import literal  # imported with the lake, on first use
+
     condition: BooleanExpression
     if call_id is not None:
         condition = Or(

@@ -1,19 +1,24 @@
-"""``telgate serve``: the HTTP API and the SFTP release server in one process.
+"""``telgate serve``: the HTTP API, the SFTP release server and the lake flusher.
 
-Start-up order: settings -> backends (``build_gateway``) -> HTTP site -> SFTP listener. SIGTERM or
-SIGINT sets the stop event; shutdown runs in reverse: SFTP listener and sessions closed, HTTP stops
-accepting and drains, backends closed. ``RunningServer`` is what the tests use to run a real node on
-ephemeral ports in-process.
+With ``server.http_workers`` > 0 (the default) this process is the supervisor: backends, SFTP listener
+and flusher, then the HTTP worker processes (``gateway.workers``); shutdown stops the workers first
+(each drains its requests), then SFTP, the flusher and the backends. With 0, one process does it all:
+settings -> backends (``build_gateway``) -> HTTP site -> SFTP listener, and the reverse on SIGTERM or
+SIGINT. ``RunningServer`` is that single-process node, which the tests run in-process on ephemeral ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import ssl
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,7 @@ from gateway.audit import Clock
 from gateway.datadir import load_host_key
 from gateway.settings import Settings
 from gateway.wiring import Gateway, build_gateway
+from gateway.workers import HttpWorkerPool, reserve_port
 from vault.sftp import ReleaseGate, SftpServer
 
 log = logging.getLogger("telgate.server")
@@ -57,7 +63,8 @@ class RunningServer:
         self.gateway.close()
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context when a certificate is configured, else None (plain HTTP)."""
     if not settings.server.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -80,7 +87,7 @@ async def start_server(
         runner,
         settings.server.http_host,
         settings.server.http_port,
-        ssl_context=_tls_context(settings),
+        ssl_context=tls_context(settings),
         backlog=1024,
     )
     await site.start()
@@ -125,30 +132,108 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def serve_forever(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
-    tune_memory()  # first, before any thread: glibc's arena limit only binds arenas created later
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging() -> None:
+    """Log lines to stderr; paramiko's own tracebacks for clients that never speak SSH are silenced."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
     # paramiko logs a traceback for every client that connects without speaking SSH (scanners, probes);
     # telgate.sftp logs connections and failures itself, without the noise.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        server = await start_server(settings)
-        log.info("HTTP API on %s", server.url)
-        log.info("SFTP on %s:%d", settings.server.sftp_host, server.sftp_port)
-        print(
-            f"telgate serving HTTP on {server.url} and SFTP on {settings.server.sftp_host}:{server.sftp_port}",
-            flush=True,
-        )
-        try:
-            await stop.wait()
-        finally:
-            log.info("shutting down")
-            await server.stop()
 
-    asyncio.run(main())
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (a third less CPU per HTTP request here), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly.
+
+    ``server.http_workers`` > 0: this process is the supervisor (SFTP, flusher, lake maintenance) and
+    that many worker processes serve HTTP on the shared port (``gateway.workers``); 0: one process does all.
+    """
+    tune_memory()  # first, before any thread: glibc's arena limit only binds arenas created later
+    configure_logging()
+    run_event_loop(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if settings.server.http_workers == 0:
+        server = await start_server(settings)
+        url = server.url
+        stopping: list[Callable[[], Awaitable[None]]] = [server.stop]
+        sftp_port = server.sftp_port
+        workers = "in this process"
+    else:
+        node = await start_supervisor(settings)
+        url, sftp_port = node.url, node.sftp.bound_port
+        stopping = [node.stop]
+        workers = f"{settings.server.http_workers} workers"
+    log.info("HTTP API on %s (%s)", url, workers)
+    log.info("SFTP on %s:%d", settings.server.sftp_host, sftp_port)
+    print(f"telgate serving HTTP on {url} and SFTP on {settings.server.sftp_host}:{sftp_port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        for step in stopping:
+            await step()
+
+
+@dataclass
+class Supervisor:
+    """The main process of a multi-process node: SFTP, flusher and the HTTP worker pool."""
+
+    gateway: Gateway
+    sftp: SftpServer
+    workers: HttpWorkerPool
+    flusher: asyncio.Task[None]
+    reserved: socket.socket
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API (served by the workers)."""
+        scheme = "https" if self.gateway.settings.server.tls_cert else "http"
+        return f"{scheme}://{self.gateway.settings.server.http_host}:{self.http_port}"
+
+    async def stop(self) -> None:
+        """Stop the workers (they drain), then SFTP and the flusher, then close backends."""
+        await self.workers.stop()
+        await asyncio.to_thread(self.sftp.stop)
+        self.flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.flusher
+        self.reserved.close()
+        await asyncio.to_thread(self.gateway.close)
+
+
+async def start_supervisor(settings: Settings, clock: Clock | None = None) -> Supervisor:
+    """Open backends, reconcile staging, start SFTP and the flusher, then the HTTP workers."""
+    gateway = await asyncio.to_thread(build_gateway, settings, clock)
+    reserved = reserve_port(settings.server.http_host, settings.server.http_port)
+    http_port = int(reserved.getsockname()[1])
+    sftp = SftpServer(
+        settings.server.sftp_host, settings.server.sftp_port, load_host_key(gateway.layout), gateway.release_gate
+    )
+    await asyncio.to_thread(sftp.start)
+    gateway.releases.public_port = sftp.bound_port
+    await asyncio.to_thread(gateway.flusher.reconcile)
+    flusher = asyncio.create_task(gateway.flusher.run(settings.lake), name="telgate-flusher")
+    server = dataclasses.replace(settings.server, http_port=http_port, sftp_port=sftp.bound_port)
+    workers = HttpWorkerPool(dataclasses.replace(settings, server=server), settings.server.http_workers)
+    node = Supervisor(gateway, sftp, workers, flusher, reserved, http_port)
+    try:
+        await workers.start()
+    except BaseException:
+        await node.stop()
+        raise
+    return node

@@ -69,6 +69,9 @@ class ServerSettings:
     data_dir: Path = _setting(Path("var"), "Directory for keys, SQLite, lake and vault (created 0700).")
     http_host: str = _setting("127.0.0.1", "Address the HTTP ingest/admin API binds to.")
     http_port: int = _setting(8080, "Port of the HTTP API (0 picks a free port).")
+    http_workers: int = _setting(
+        0, "HTTP worker processes sharing the port (SO_REUSEPORT); 0 serves HTTP in the main process."
+    )
     sftp_host: str = _setting("127.0.0.1", "Address the SFTP release server binds to.")
     sftp_port: int = _setting(2222, "Port of the SFTP release server (0 picks a free port).")
     public_host: str = _setting("127.0.0.1", "Host name printed in release credentials for customers.")
@@ -293,6 +296,8 @@ def validate(settings: Settings) -> None:
     ):
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name}: port out of range: {port}")
+    if not 0 <= settings.server.http_workers <= 64:
+        raise ConfigError(f"setting server.http_workers: must be 0 to 64, not {settings.server.http_workers}")
     try:
         ZoneInfo(settings.ingest.default_timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

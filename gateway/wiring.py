@@ -7,6 +7,7 @@ else constructs backends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway import principals, recordings, releases, staging, subjects
 from gateway.access import MIGRATIONS as ACCESS_MIGRATIONS
@@ -17,6 +18,7 @@ from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
 from gateway.db import CORE_MIGRATIONS, Database, Migrations, migrate, open_database
 from gateway.errors import ConfigError
 from gateway.ingest_service import Flusher, IngestService
+from gateway.lake_handle import LakeHandle, LakeWriterLock
 from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.rbac import Role
@@ -26,10 +28,12 @@ from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
 from gateway.staging import StagingStore, StagingWriter
 from gateway.subjects import SqlSubjectTokens
-from ingest.lake import IcebergLake, lake_locations
 from vault.blobs import LocalBlobStore
 from vault.keyring import LocalKeyring
 from vault.service import RecordingVault
+
+if TYPE_CHECKING:
+    from ingest.lake import IcebergLake
 
 # Every component's schema, migrated in this order at start-up.
 COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
@@ -61,7 +65,7 @@ class Gateway:
     principals: PrincipalStore
     subjects: SqlSubjectTokens
     vault: RecordingVault
-    lake: IcebergLake
+    lake_handle: LakeHandle
     staging: StagingStore
     staging_writer: StagingWriter
     ingest: IngestService
@@ -70,10 +74,15 @@ class Gateway:
     releases: ReleaseStore
     release_gate: SqlReleaseGate
 
+    @property
+    def lake(self) -> IcebergLake:
+        """The lake, opened on first use (HTTP workers that never read it never import pyiceberg)."""
+        return self.lake_handle.get()
+
     def close(self) -> None:
         """Release backends: finish queued staging commits first."""
         self.staging_writer.close()
-        self.lake.close()
+        self.lake_handle.close()
         self.db.close()
 
 
@@ -90,22 +99,22 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     hashing = PasswordHashing(security.argon2_time_cost, security.argon2_memory_kib, security.argon2_parallelism)
     audit = AuditTrail(db, read_secret(layout.audit_key), clock)
     subject_tokens = SqlSubjectTokens(db, read_secret(layout.pepper), read_secret(layout.sealing_key), clock)
-    default_catalog, default_warehouse = lake_locations(layout.root)
-    lake = IcebergLake.open(settings.lake.catalog_url or default_catalog, settings.lake.warehouse or default_warehouse)
+    lake = LakeHandle(layout.root, settings.lake.catalog_url, settings.lake.warehouse)
     staging_store = StagingStore(db, read_secret(layout.sealing_key), clock)
     writer = StagingWriter(db, staging_store, clock, max_backlog=settings.ingest.max_staged_records)
     flusher = Flusher(
         staging_store,
         writer,
-        lake,
+        lake.get,
         clock,
+        writer_lock=LakeWriterLock(layout.lake / "writer.lock"),
         flush_records=settings.ingest.flush_records,
         flush_interval=settings.ingest.flush_interval,
         dedupe_window=settings.ingest.dedupe_window,
     )
     vault = _build_vault(settings, layout, db, audit, clock)
     release_store = ReleaseStore(
-        db, vault, hashing, audit, clock, settings.release, calls=LakeCallDirectory(lake, db)
+        db, vault, hashing, audit, clock, settings.release, calls=LakeCallDirectory(lake.get, db)
     )
     release_throttle = LoginThrottle(
         db, max_failures=settings.release.max_failures, window=settings.release.failure_window, ban=settings.release.ban
@@ -127,7 +136,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         principals=PrincipalStore(db),
         subjects=subject_tokens,
         vault=vault,
-        lake=lake,
+        lake_handle=lake,
         staging=staging_store,
         staging_writer=writer,
         ingest=IngestService(subject_tokens, writer, clock),

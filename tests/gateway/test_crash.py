@@ -2,7 +2,8 @@
 
 Every record the gateway acknowledged (202) must be in the lake exactly once; records posted again
 after a restart are reported as duplicates. The server is a real ``telgate serve`` process with a
-small flush threshold, so kills also land between lake commits and staging deletes.
+small flush threshold, so kills also land between lake commits and staging deletes, and with two
+HTTP worker processes, which the kernel stops when their supervisor is killed.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ async def test_sigkill_loses_nothing_acknowledged_and_counts_nothing_twice(tmp_p
         "TELGATE_SERVER_SFTP_PORT": str(free_port()),
         "TELGATE_INGEST_FLUSH_RECORDS": "30",
         "TELGATE_INGEST_FLUSH_INTERVAL": "1s",
+        "TELGATE_SERVER_HTTP_WORKERS": "2",  # the supervisor is killed; its workers die with it
     }
     data = tmp_path / "var"
     initialised = run(["init", "--data", str(data), "--json"], env)
