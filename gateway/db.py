@@ -15,6 +15,7 @@ uniqueness violation), so no third-party exception escapes.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -112,6 +113,10 @@ class SqliteDatabase:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
         self._lock = threading.RLock()
+        # Writers of every process queue on this file lock before BEGIN IMMEDIATE: the kernel wakes the
+        # next one as soon as the lock is free, where SQLite's own busy handler sleeps and polls (1, 2, 5,
+        # 10 ms...), which under several HTTP workers' group commits cost more than the commits.
+        self._write_lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._conn.row_factory = sqlite3.Row
@@ -133,6 +138,7 @@ class SqliteDatabase:
         """One IMMEDIATE transaction (takes the write lock up front, so no upgrade deadlocks)."""
         with self._lock:
             cursor = self._conn.cursor()
+            fcntl.flock(self._write_lock, fcntl.LOCK_EX)
             try:
                 cursor.execute("BEGIN IMMEDIATE")
                 yield _SqliteTransaction(cursor)
@@ -147,6 +153,7 @@ class SqliteDatabase:
                 self._rollback(cursor)
                 raise
             finally:
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
                 cursor.close()
 
     def _rollback(self, cursor: sqlite3.Cursor) -> None:
@@ -177,6 +184,7 @@ class SqliteDatabase:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+            os.close(self._write_lock)
 
 
 # Versioned migrations per component: (version, statements). Never edit a released one; append a new
