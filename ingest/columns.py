@@ -8,6 +8,7 @@ are sent there by the callers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -67,3 +68,40 @@ def constant(value: Any, length: int, type_: pa.DataType) -> pa.Array:
     """``length`` copies of ``value`` (None gives nulls)."""
     nulls = pa.nulls(length, type_)
     return nulls if value is None else nulls.fill_null(pa.scalar(value, type_))
+
+
+class DistinctCache:
+    """``function`` of string values, remembered across calls as Arrow arrays, so that a lookup is one kernel.
+
+    For a pure function of a string (a party's parse in one numbering plan): the values of a column
+    already seen are looked up with ``index_in``, and only the new distinct values are passed to
+    ``function``. Holds about ``max_entries`` values (then starts again from the last column's values).
+    Thread-safe: a call works on a snapshot and publishes the grown arrays under a lock.
+    """
+
+    def __init__(self, function: Callable[[Any], Any], out_type: pa.DataType, max_entries: int = 65_536) -> None:
+        self._function = function
+        self._out_type = out_type
+        self._max_entries = max_entries
+        self._keys = pa.array([], pa.string())
+        self._values = pa.array([], out_type)
+        self._lock = threading.Lock()
+
+    def map(self, column: Column) -> pa.Array:
+        """``function`` of every value of a string column (nulls stay null), as ``map_distinct`` would give."""
+        array = as_array(column)
+        with self._lock:
+            keys, values = self._keys, self._values
+        index = pc.index_in(array, value_set=keys)
+        missing = pc.and_(pc.is_null(index), pc.is_valid(array))
+        if pc.any(missing).as_py():
+            fresh = pc.unique(array.filter(missing))
+            mapped = pa.array([self._function(value) for value in fresh.to_pylist()], self._out_type)
+            if len(keys) + len(fresh) > self._max_entries:  # start over from this column's values
+                seen = pc.unique(array.filter(pc.is_valid(index)))
+                keys, values = seen, values.take(pc.index_in(seen, value_set=keys))
+            keys, values = pa.concat_arrays([keys, fresh]), pa.concat_arrays([values, mapped])
+            with self._lock:
+                self._keys, self._values = keys, values
+            index = pc.index_in(array, value_set=keys)
+        return values.take(index)

@@ -503,8 +503,10 @@ def pseudonymise_cdr_columns(
         "source_format": constant(source_format, length, pa.string()),
         "dedupe_key": as_array(raw.column("dedupe_key")),
         "call_id": _identifier_column(raw.column("call_id"), pseudonymiser, ctx),
-        "linked_id": _identifier_column(raw.column("linked_id"), pseudonymiser, ctx),
     }
+    linked_id = as_array(raw.column("linked_id"))
+    same = linked_id.equals(as_array(raw.column("call_id")))  # Asterisk: linkedid is the first leg's uniqueid
+    out["linked_id"] = out["call_id"] if same else _identifier_column(linked_id, pseudonymiser, ctx)
     for name in ("sequence", "start_at", "answer_at", "end_at", "duration_s", "billsec_s", "disposition"):
         out[name] = as_array(raw.column(name))
     out["hangup_cause"] = pa.nulls(length, pa.int32())
@@ -538,8 +540,13 @@ def _may_scrub(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     A value that is a whole channel name (``PJSIP/682-81e74ef5``) is judged without its unique suffix,
     which SCRUB protects: random hex suffixes would otherwise send most channel names to the policy.
     """
-    unprotected = pc.replace_substring_regex(column, _WHOLE_CHANNEL, r"\1")
-    return pc.or_(pc.invert(pc.string_is_ascii(column)), pc.match_substring_regex(unprotected, _SCRUB_CANDIDATE))
+    array = as_array(column)
+    candidate = pc.match_substring_regex(array, _SCRUB_CANDIDATE)
+    where = pc.fill_null(candidate, False)
+    if pc.any(where).as_py():
+        unprotected = pc.replace_substring_regex(array.filter(where), _WHOLE_CHANNEL, r"\1")
+        candidate = pc.replace_with_mask(candidate, where, pc.match_substring_regex(unprotected, _SCRUB_CANDIDATE))
+    return pc.or_(pc.invert(pc.string_is_ascii(array)), candidate)
 
 
 def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser) -> pa.Array:

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ingest.columns import as_array, empty_to_null, false_mask, map_distinct, strip
+from ingest.columns import DistinctCache, as_array, empty_to_null, false_mask, map_distinct, strip
 from ingest.context import ParseResult, PbxContext
 from ingest.errors import RecordRejected, Reject
 from ingest.normalise import (
@@ -286,24 +286,22 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
     if columns is None:
         return None
     table = table.rename_columns(list(columns))
-    parsed = _cdr_columns(table, columns, raw_lines.take(rows), ctx)
+    # Usually every line but the empty one after the final newline: a slice, not a copy.
+    row_lines = raw_lines.slice(0, len(rows)) if rows[-1].as_py() == len(rows) - 1 else raw_lines.take(rows)
+    parsed = _cdr_columns(table, columns, row_lines, ctx)
     if parsed is None:
         return None
     raw_table, fallback = parsed
     lines = pc.add(pc.cast(rows, pa.int64()), 1)
-    result = ColumnarCdrs(
-        table=raw_table.filter(pc.invert(fallback)),
-        lines=lines.filter(pc.invert(fallback)),
-        extra_names=tuple(name for name in columns if name not in _MAPPED),
-    )
+    if pc.any(fallback).as_py():
+        kept = pc.invert(fallback)
+        result = ColumnarCdrs(table=raw_table.filter(kept), lines=lines.filter(kept), extra_names=_extra_names(columns))
+        fallback_lines = zip(lines.filter(fallback).to_pylist(), row_lines.filter(fallback).to_pylist(), strict=True)
+    else:
+        result = ColumnarCdrs(table=raw_table, lines=lines, extra_names=_extra_names(columns))
+        fallback_lines = zip([], [], strict=True)
     by_line = sorted(
-        [
-            (int(n), raw)
-            for n, raw in zip(
-                lines.filter(fallback).to_pylist(), raw_lines.take(rows).filter(fallback).to_pylist(), strict=True
-            )
-        ]
-        + [(index + 1, raw_lines[index].as_py()) for index in odd_lines]
+        [(int(n), raw) for n, raw in fallback_lines] + [(index + 1, raw_lines[index].as_py()) for index in odd_lines]
     )
     for line_number, raw in by_line:
         try:
@@ -311,6 +309,10 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
         except RecordRejected as exc:
             result.rejects.append(Reject(line_number, exc.reason, raw))
     return result
+
+
+def _extra_names(columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name for name in columns if name not in _MAPPED)
 
 
 def _read_csv(data: bytes) -> pa.Table | None:
@@ -473,9 +475,10 @@ def _dedupe_keys(
     for part in (uniqueid, sequence_text, start_text):
         binary = pc.cast(pc.fill_null(part, ""), pa.binary())
         parts += [map_distinct(pc.binary_length(binary), _length_prefix, pa.binary()), binary]
-    keyed = pc.binary_join_element_wise(*parts, b"")
-    line_prefix = map_distinct(pc.binary_length(raw_lines), _length_prefix, pa.binary())
-    messages = pc.if_else(by_id, keyed, pc.binary_join_element_wise(line_prefix, raw_lines, b""))
+    messages = pc.binary_join_element_wise(*parts, b"")
+    if not pc.all(by_id).as_py():
+        line_prefix = map_distinct(pc.binary_length(raw_lines), _length_prefix, pa.binary())
+        messages = pc.if_else(by_id, messages, pc.binary_join_element_wise(line_prefix, raw_lines, b""))
     sha256 = hashlib.sha256
     return pa.array([sha256(prefix + message).hexdigest() for message in messages.to_pylist()], pa.string())
 
@@ -486,21 +489,23 @@ def _length_prefix(length: int) -> bytes:
 
 def _parties(text: pa.Array, ctx: PbxContext) -> tuple[pa.Array, pa.Array]:
     """(kind, value) columns of ``parse_party`` over a column (null -> none)."""
-    numbering = (ctx.country, ctx.dial_prefixes, ctx.extension_max_digits)
-    parties = map_distinct(text, lambda value: _party_pair(value, numbering), pa.string())
+    parties = _party_cache(ctx.country, ctx.dial_prefixes, ctx.extension_max_digits).map(text)
     pieces = pc.split_pattern(parties, "\x00", max_splits=1)
     kinds = pc.fill_null(pc.list_element(pieces, 0), PartyKind.NONE.value)
     values = empty_to_null(pc.list_element(pieces, 1))
     return as_array(kinds), as_array(values)
 
 
-@functools.lru_cache(maxsize=65_536)
-def _party_pair(text: str, numbering: tuple[str, tuple[str, ...], int]) -> str:
-    """``kind NUL value`` of ``parse_party(text)`` in a PBX of this numbering (cached per text)."""
-    country, dial_prefixes, extension_max_digits = numbering
+@functools.lru_cache(maxsize=64)
+def _party_cache(country: str, dial_prefixes: tuple[str, ...], extension_max_digits: int) -> DistinctCache:
+    """``kind NUL value`` of ``parse_party(text)`` in a PBX of this numbering, remembered per text."""
     ctx = _numbering_context(country, dial_prefixes, extension_max_digits)
-    party = parse_party(text, ctx)
-    return f"{party.kind.value}\x00{party.value or ''}"
+
+    def party_pair(text: str) -> str:
+        party = parse_party(text, ctx)
+        return f"{party.kind.value}\x00{party.value or ''}"
+
+    return DistinctCache(party_pair, pa.string())
 
 
 @functools.lru_cache(maxsize=64)
