@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -199,6 +200,8 @@ def worker_main(settings: Settings, index: int, parent_pid: int, ready: Connecti
 
     tune_memory()
     configure_logging()
+    # The supervisor has said it once for the node; N more copies on stderr would only be noise.
+    warnings.filterwarnings("ignore", message="local keyring .* keeps master keys in a file on this host")
     run_event_loop(_serve(settings, index, ready))
 
 
