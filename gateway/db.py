@@ -16,6 +16,7 @@ uniqueness violation), so no third-party exception escapes.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -57,6 +58,9 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         """A context manager yielding a ``Transaction``; commits on success, rolls back on error."""
+
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold the lock ``name`` for the block, against every process and node using this store."""
 
     def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         """Run a read-only query outside an explicit transaction; first row or None."""
@@ -155,6 +159,16 @@ class SqliteDatabase:
             finally:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
                 cursor.close()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """An exclusive ``flock`` on ``<database>.<name>.lock``: every process of this host, released on death."""
+        fd = os.open(f"{self.path}.{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def _rollback(self, cursor: sqlite3.Cursor) -> None:
         if self._conn.in_transaction:
@@ -311,6 +325,7 @@ class PostgresDatabase:
                 "the PostgreSQL backend needs the 'postgres' extra: pip install telgate[postgres]"
             ) from exc
         self._psycopg = psycopg
+        self._url = url
         self._lock = threading.RLock()
         try:
             self._conn = psycopg.connect(url, row_factory=dict_row, autocommit=True)
@@ -331,6 +346,24 @@ class PostgresDatabase:
                 raise ConflictError("the object is still referenced") from exc
             except psycopg.Error as exc:
                 raise BackendUnavailableError("metadata store error") from exc
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session advisory lock on a connection of its own: every node, released if the holder dies."""
+        psycopg = self._psycopg
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        try:
+            connection = psycopg.connect(self._url, autocommit=True)
+        except psycopg.Error as exc:
+            raise BackendUnavailableError("cannot connect to the PostgreSQL metadata store") from exc
+        try:
+            try:
+                connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+            except psycopg.Error as exc:
+                raise BackendUnavailableError("metadata store error") from exc
+            yield
+        finally:
+            connection.close()  # ending the session releases its advisory locks
 
     def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         """Run a read outside an explicit transaction."""

@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -21,7 +22,6 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from gateway.audit import Clock
-from gateway.lake_handle import LakeWriterLock
 from gateway.principals import Pbx
 from gateway.settings import LakeSettings
 from gateway.staging import KINDS, Kind, Rejected, StageRequest, StagingStore, StagingWriter, records_table
@@ -294,12 +294,17 @@ class Flusher:
         lake: Callable[[], IcebergLake],
         clock: Clock,
         *,
-        writer_lock: LakeWriterLock,
+        writer_lock: Callable[[], AbstractContextManager[None]],
         flush_records: int,
         flush_interval: timedelta,
         dedupe_window: timedelta,
     ) -> None:
-        """``lake`` opens the lake on first call; ``writer_lock`` keeps other processes' flushes out."""
+        """``lake`` opens the lake on first call; ``writer_lock()`` keeps other processes' and nodes' writers out.
+
+        Appends, compaction and reconciliation read the staging marker and then commit: two writers at
+        once (the supervisor's flusher and a worker answering ``POST /v1/admin/ingest/flush``, or two
+        nodes) could append the same staged batch twice.
+        """
         self._store = store
         self._writer = writer
         self._lake = lake
@@ -313,7 +318,7 @@ class Flusher:
     def reconcile(self) -> int:
         """Drop staged rows the lake already holds (a crash came between lake commit and delete)."""
         dropped = 0
-        with self._writer_lock.held():
+        with self._writer_lock():
             for kind in KINDS:
                 marker = self._lake().last_committed_marker(kind)
                 if marker is not None:
@@ -325,7 +330,7 @@ class Flusher:
 
     def flush_kind(self, kind: Kind) -> int:
         """Append the oldest staged batch of ``kind`` to the lake; returns records moved."""
-        with self._writer_lock.held():  # read the batch under the lock: another process may have moved it
+        with self._writer_lock():  # read the batch under the lock: another process may have moved it
             last_seq, table = self._store.batch(kind, min(self._flush_records, COMMIT_RECORDS))
             if table is None:
                 return 0
@@ -362,7 +367,7 @@ class Flusher:
         return self._store.expire_dedupe(self._clock.now() - self._dedupe_window)
 
     def _maintain(self, maintenance: LakeSettings) -> MaintenanceReport:
-        with self._writer_lock.held():
+        with self._writer_lock():
             return self._lake().maintain(
                 self._clock.now(), maintenance.snapshot_retention, MIN_SNAPSHOTS, maintenance.small_file_bytes
             )

@@ -7,11 +7,7 @@ SQLAlchemy and pydantic (about 60 MB resident), so each process pays that only o
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,27 +53,3 @@ class LakeHandle:
                 self._lake.close()
                 self._lake = None
 
-
-class LakeWriterLock:
-    """One lake writer at a time among the processes of a host: an exclusive ``flock`` on a file.
-
-    Appends, compaction and reconciliation read the staging marker and then commit; two processes
-    doing that at once (the supervisor's flusher and a worker answering ``POST /v1/admin/ingest/flush``)
-    could append the same staged batch twice. The lock is released by the kernel if its holder dies.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.Lock()  # flock is per open file; threads of one process queue here
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock for the duration of the block (blocks until it is free)."""
-        with self._local:
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing the descriptor releases the lock

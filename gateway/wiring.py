@@ -6,6 +6,7 @@ else constructs backends.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
 from gateway.db import CORE_MIGRATIONS, Database, Migrations, migrate, open_database
 from gateway.errors import ConfigError
 from gateway.ingest_service import Flusher, IngestService
-from gateway.lake_handle import LakeHandle, LakeWriterLock
+from gateway.lake_handle import LakeHandle
 from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.rbac import Role
@@ -107,7 +108,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         writer,
         lake.get,
         clock,
-        writer_lock=LakeWriterLock(layout.lake / "writer.lock"),
+        writer_lock=functools.partial(db.exclusive, "lake-writer"),
         flush_records=settings.ingest.flush_records,
         flush_interval=settings.ingest.flush_interval,
         dedupe_window=settings.ingest.dedupe_window,

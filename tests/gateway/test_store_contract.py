@@ -7,6 +7,7 @@ suite before it is offered.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -45,6 +46,35 @@ def test_transaction_rolls_back_on_error(db: Database) -> None:
         add_then_fail()
     with pytest.raises(NotFoundError):
         store.customer("acme")
+
+
+def test_exclusive_keeps_other_holders_out_until_released(db: Database) -> None:
+    held, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with db.exclusive("contract-test"):
+            held.set()
+            release.wait(30)
+
+    def second() -> None:
+        held.wait(30)
+        with db.exclusive("contract-test"):  # a lock of its own: another fd / another session
+            entered.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert held.wait(30)
+        assert not entered.wait(0.3), "the second holder got in while the first held the lock"
+        release.set()
+        assert entered.wait(30)
+        with db.exclusive("another-name"):  # names are independent
+            pass
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
 
 
 def test_duplicate_key_is_a_conflict(db: Database) -> None:
