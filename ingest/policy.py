@@ -34,11 +34,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, overload, runtime_checkable
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.columns import as_array, constant, map_distinct
+from ingest.columns import DistinctCache, as_array, constant, map_distinct
 from ingest.context import PbxContext
 from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
 from ingest.formats.asterisk_csv import ColumnarCdrs
@@ -516,7 +517,7 @@ def pseudonymise_cdr_columns(
         out[party] = _party_column(kind, raw.column(f"{party}_value"), pseudonymiser)
         out[f"{party}_kind"] = kind
     for name in _SCRUBBED_CDR_COLUMNS:
-        out[name] = _scrub_column(raw.column(name), pseudonymiser)
+        out[name] = _scrub_column(raw.column(name), pseudonymiser, ctx)
     out["extra_json"] = _extra_json_column([raw.column(f"extra.{n}") for n in extra_names], extra_names, pseudonymiser)
     out["ingested_at"] = constant(_utc(ingested_at), length, CDR_SCHEMA.field("ingested_at").type)
     return pa.Table.from_arrays(
@@ -549,9 +550,55 @@ def _may_scrub(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.or_(pc.invert(pc.string_is_ascii(array)), candidate)
 
 
-def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser) -> pa.Array:
-    """SCRUB over a column, calling the policy only for values it could change."""
-    return map_distinct(column, pseudonymiser.scrub, pa.string(), where=pc.fill_null(_may_scrub(column), False))
+def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser, ctx: PbxContext) -> pa.Array:
+    """SCRUB over a column: ``Pseudonymiser.scrub`` of every value, computed column-wise.
+
+    Only values SCRUB could change are looked at. Their templates (``_scrub_template``: text and
+    numbering only) come from an Arrow-side cache, and the tokens of templates with one number are
+    filled in column-wise, per request as ``Pseudonymiser.scrub`` does; values with several numbers
+    (or a NUL, which the cache's encoding uses) go through ``Pseudonymiser.scrub`` once per value.
+    """
+    array = as_array(column)
+    where = pc.fill_null(_may_scrub(array), False)
+    if not pc.any(where).as_py():
+        return array
+    values = array.filter(where)
+    simple = pc.and_(pc.string_is_ascii(values), pc.invert(pc.match_substring(values, "\x00")))
+    cache = _template_cache(ctx.country, ctx.dial_prefixes)
+    templates = cache.map(pc.if_else(simple, values, pa.scalar(None, pa.string())))
+    pieces = pc.split_pattern(templates, "\x00")
+    count = pc.fill_null(pc.list_value_length(pieces), 0)
+    scrubbed = pc.list_element(pc.if_else(pc.equal(count, 1), pieces, pa.scalar(None, pieces.type)), 0)
+    one_number = pc.equal(count, 3)
+    if pc.any(one_number).as_py():
+        trio = pieces.filter(one_number)
+        numbers = pc.list_element(trio, 1)
+        distinct = pc.unique(numbers)
+        listed = distinct.to_pylist()
+        pseudonymiser.prefetch(listed)
+        tokens = pa.array([pseudonymiser.token(number) for number in listed], pa.string())
+        token = tokens.take(pc.index_in(numbers, value_set=distinct))
+        filled = pc.binary_join_element_wise(pc.list_element(trio, 0), token, pc.list_element(trio, 2), "")
+        scrubbed = pc.replace_with_mask(scrubbed, one_number, filled)
+    others = pc.invert(pc.or_(pc.equal(count, 1), one_number))
+    if pc.any(others).as_py():
+        by_policy = map_distinct(values, pseudonymiser.scrub, pa.string(), where=others)
+        scrubbed = pc.if_else(others, by_policy, scrubbed)
+    return pc.replace_with_mask(array, where, scrubbed)
+
+
+@functools.lru_cache(maxsize=64)
+def _template_cache(country: str, dial_prefixes: tuple[str, ...]) -> DistinctCache:
+    """SCRUB templates per text for a numbering (``_scrub_template`` reads only these two), NUL-joined."""
+    ctx = PbxContext(
+        name="numbering", tenant="numbering", timezone=ZoneInfo("UTC"), country=country, dial_prefixes=dial_prefixes
+    )
+
+    def encoded(text: str) -> str:
+        template = _scrub_template(text, ctx)
+        return template if isinstance(template, str) else "\x00".join(template)
+
+    return DistinctCache(encoded, pa.string())
 
 
 def _identifier_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser, ctx: PbxContext) -> pa.Array:
