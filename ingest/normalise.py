@@ -519,12 +519,11 @@ def infer_direction(caller: Party, callee: Party) -> Direction:
 
 def dedupe_key(*parts: str | bytes) -> str:
     """SHA-256 hex over length-prefixed parts (str as UTF-8): the idempotency key of a record."""
-    digest = hashlib.sha256()
+    chunks: list[bytes] = []
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
+        chunks += (len(data).to_bytes(8, "big"), data)
+    return hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- bodies

@@ -50,6 +50,8 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
 from xml.parsers import expat
 
+import orjson
+
 from ingest.context import ParseResult, PbxContext
 from ingest.errors import RecordRejected, Reject, UnparseableBodyError
 from ingest.normalise import (
@@ -107,6 +109,7 @@ USED_VARIABLES = frozenset(
         *_EXTRA_VARIABLES,
     }
 )
+_USED_VARIABLE_NAMES = tuple(sorted(USED_VARIABLES))
 _PROFILE_KEYS = ("uuid", "caller_id_number", "destination_number", "context")
 _TIME_KEYS = ("created_time", "answered_time", "hangup_time")
 _DOCTYPE_OR_ENTITY = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -174,7 +177,33 @@ def _json_text(value: Any) -> str | None:
     return None
 
 
-def _json_profiles(doc: Mapping[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+class _InexactNumberError(Exception):
+    """orjson read a number that a field uses as a float: json.loads must read the document instead."""
+
+
+def _json_field(value: Any, exact: bool) -> str | None:
+    """``_json_text`` of a value read by orjson (``exact=False``) or json.loads (``exact=True``).
+
+    orjson turns integers beyond 64 bits into floats and its floats may print differently, so a float
+    from orjson is never used: the document is read again with json.loads.
+    """
+    if not exact and isinstance(value, float):
+        raise _InexactNumberError
+    return _json_text(value)
+
+
+def _json_section(section: dict[str, Any], keys: tuple[str, ...], exact: bool) -> dict[str, str]:
+    picked: dict[str, str] = {}
+    for key in keys:
+        value = section.get(key)
+        if value.__class__ is str:
+            picked[key] = value
+        elif (text := _json_field(value, exact)) is not None:
+            picked[key] = text
+    return picked
+
+
+def _json_profiles(doc: Mapping[str, Any], exact: bool = True) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     callflow = doc.get("callflow")
     flows = [callflow] if isinstance(callflow, dict) else callflow if isinstance(callflow, list) else []
     profiles: list[dict[str, str]] = []
@@ -182,10 +211,10 @@ def _json_profiles(doc: Mapping[str, Any]) -> tuple[list[dict[str, str]], list[d
     for flow in flows:
         if not isinstance(flow, dict):
             continue
-        for key, target, used in (("caller_profile", profiles, _PROFILE_KEYS), ("times", times, _TIME_KEYS)):
-            section = flow.get(key)
-            if isinstance(section, dict):
-                target.append({k: t for k in used if (t := _json_text(section.get(k))) is not None})
+        if isinstance(section := flow.get("caller_profile"), dict):
+            profiles.append(_json_section(section, _PROFILE_KEYS, exact))
+        if isinstance(section := flow.get("times"), dict):
+            times.append(_json_section(section, _TIME_KEYS, exact))
     return profiles, times
 
 
@@ -198,12 +227,41 @@ def _unquote(text: str) -> str:
     return unquote(text)
 
 
-def parse_freeswitch_json(body: bytes, content_type: str, ctx: PbxContext) -> ParseResult[RawCdr]:
-    """Parse one mod_json_cdr post (raw, url-encoded or base64) into a RawCdr or a reject."""
-    require_media_type(content_type, JSON_MEDIA_TYPES, JSON_FORMAT)
-    document = unwrap_body(body)
+def _json_variables(source: dict[str, Any], exact: bool) -> dict[str, str]:
+    """The used variables, decoded (``encode-values``); JSON null, booleans, arrays and objects are left out."""
+    variables: dict[str, str] = {}
+    for name in _USED_VARIABLE_NAMES:  # ~40 lookups: a real CDR has ~150 variables
+        value = source.get(name)
+        if value.__class__ is str:
+            variables[name] = value if "%" not in value else _unquote(value)
+        elif value is not None and (text := _json_field(value, exact)) is not None:
+            variables[name] = _unquote(text)
+    return variables
+
+
+# With fewer brackets than this a document nests too shallowly for json.loads to hit the recursion limit
+# (orjson stops at 1024 levels): then orjson and json.loads accept and refuse exactly the same documents.
+_ORJSON_MAX_BRACKETS = 400
+_NOT_DECODED = object()
+
+
+def _orjson_document(document: bytes) -> Any:
+    """The document read by orjson, or ``_NOT_DECODED`` when json.loads must judge it.
+
+    orjson refuses some documents json.loads accepts (NaN, numbers out of float range, lone surrogates,
+    UTF-16/32); json.loads then reads them as before.
+    """
+    if document.count(b"{") + document.count(b"[") >= _ORJSON_MAX_BRACKETS:
+        return _NOT_DECODED
     try:
-        doc = json.loads(document)
+        return orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return _NOT_DECODED
+
+
+def _json_document(body: bytes, document: bytes) -> Any:
+    try:
+        return json.loads(document)
     except (ValueError, RecursionError):
         if _strip(body).startswith(b"cdr=%"):
             _unparseable(
@@ -212,14 +270,32 @@ def parse_freeswitch_json(body: bytes, content_type: str, ctx: PbxContext) -> Pa
                 "set encode to false (raw JSON) or base64"
             )
         _unparseable("body is not JSON")
-    if not isinstance(doc, dict) or not isinstance(doc.get("variables"), dict):
+
+
+def _json_cdr(doc: Any, document: bytes, ctx: PbxContext, *, exact: bool) -> ParseResult[RawCdr]:
+    if not isinstance(doc, dict) or not isinstance(variables := doc.get("variables"), dict):
         _unparseable("JSON is not a FreeSWITCH CDR (no variables object)")
-    variables = {
-        k: _unquote(t) for k, v in doc["variables"].items() if k in USED_VARIABLES and (t := _json_text(v)) is not None
-    }
-    profiles, times = _json_profiles(doc)
-    core_uuid = _json_text(doc.get("core-uuid")) or ""
-    return _one_cdr(JSON_FORMAT, core_uuid, variables, profiles, times, document, ctx)
+    decoded = _json_variables(variables, exact)
+    profiles, times = _json_profiles(doc, exact)
+    core_uuid = _json_field(doc.get("core-uuid"), exact) or ""
+    return _one_cdr(JSON_FORMAT, core_uuid, decoded, profiles, times, document, ctx)
+
+
+def parse_freeswitch_json(body: bytes, content_type: str, ctx: PbxContext) -> ParseResult[RawCdr]:
+    """Parse one mod_json_cdr post (raw, url-encoded or base64) into a RawCdr or a reject.
+
+    The document is read with orjson; whatever orjson could read differently from json.loads (numbers
+    as floats, documents it refuses) is read with json.loads, so the result is always json.loads's.
+    """
+    require_media_type(content_type, JSON_MEDIA_TYPES, JSON_FORMAT)
+    document = unwrap_body(body)
+    doc = _orjson_document(document)
+    if doc is not _NOT_DECODED:
+        try:
+            return _json_cdr(doc, document, ctx, exact=False)
+        except _InexactNumberError:
+            pass
+    return _json_cdr(_json_document(body, document), document, ctx, exact=True)
 
 
 # ------------------------------------------------------------------------------------------------- XML
@@ -301,11 +377,15 @@ def _one_cdr(
     return result
 
 
+_TIME_VARIABLES = {name: (f"{name}_epoch", f"{name}_uepoch") for name in ("start", "answer", "end")}
+
+
 def _time(variables: Mapping[str, str], times: list[dict[str, str]], name: str, flow_key: str) -> datetime | None:
+    seconds_name, micros_name = _TIME_VARIABLES[name]
     try:
-        if (value := variables.get(f"{name}_epoch", "").strip()) and value != "0":
+        if (value := variables.get(seconds_name, "").strip()) and value != "0":
             return epoch_to_utc(value)
-        if (value := variables.get(f"{name}_uepoch", "").strip()) and value != "0":
+        if (value := variables.get(micros_name, "").strip()) and value != "0":
             return epoch_us_to_utc(value)
         # fall back to the callflow times of the originating (last) caller profile, in microseconds
         if times and (value := times[-1].get(flow_key, "").strip()) and value != "0":
