@@ -29,11 +29,9 @@ import enum
 import functools
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, overload, runtime_checkable
+from typing import Generic, Protocol, TypeVar, overload, runtime_checkable
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -135,6 +133,10 @@ class BatchSubjectTokens(Protocol):
         ...
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
 class _Role(enum.Enum):
     NUMBER = "number"
     NAME = "name"
@@ -158,6 +160,7 @@ _CHANNEL_SUFFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s,|/]*?(-[0-9A-Fa-f]{8})
 _NUMBER_RUN = re.compile(r"(?<!\d)\+?\d(?:[ \-.()]{0,2}\d)*")
 _SEPARATORS = re.compile(r"[ \-.()]")
 _WHOLE_NUMBER = re.compile(r"\+?\d+")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
 
 
 def _protected_spans(text: str) -> list[tuple[int, int]]:
@@ -173,26 +176,32 @@ def _protected_spans(text: str) -> list[tuple[int, int]]:
     return merged
 
 
-class _BoundedCache:
-    """A small thread-safe LRU map (``get`` refreshes an entry)."""
+class _BoundedCache(Generic[_K, _V]):
+    """A bounded map for caches: two generations of plain dicts, no lock, at most ``2 * size`` entries.
+
+    ``get`` moves an entry of the old generation into the new one; when the new generation is full it
+    becomes the old one (dropping the previous old one). Each step is one atomic dict operation, so
+    concurrent threads at worst lose an entry (a cache miss); the hit path costs a dict lookup.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: OrderedDict[tuple[str, tuple[str, ...], str], _Template] = OrderedDict()
-        self._lock = threading.Lock()
+        self._young: dict[_K, _V] = {}
+        self._old: dict[_K, _V] = {}
 
-    def get(self, key: tuple[str, tuple[str, ...], str]) -> _Template | None:
-        with self._lock:
-            value = self._entries.get(key)
+    def get(self, key: _K) -> _V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
             if value is not None:
-                self._entries.move_to_end(key)
-            return value
+                self.put(key, value)
+        return value
 
-    def put(self, key: tuple[str, tuple[str, ...], str], value: _Template) -> None:
-        with self._lock:
-            self._entries[key] = value
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+    def put(self, key: _K, value: _V) -> None:
+        young = self._young
+        young[key] = value
+        if len(young) > self._size:
+            self._old, self._young = young, {}
 
 
 # A scrubbed text as a template: the text itself when nothing in it becomes a token, else literal pieces
@@ -200,7 +209,10 @@ class _BoundedCache:
 # the PBX's numbering only, so they are shared between requests; the tokens are filled in per request
 # (after an erasure the number gets a new token, never the old one from a cache).
 _Template = str | tuple[str, ...]
-_SCRUB_TEMPLATES = _BoundedCache(32_768)
+_SCRUB_TEMPLATES: _BoundedCache[tuple[str, tuple[str, ...], str], _Template] = _BoundedCache(32_768)
+# ``extra_json`` of whole ``extra`` maps whose scrubbing involves no token, per numbering (see ``extra_json``).
+_PLAIN_EXTRA_JSON: _BoundedCache[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], str] = _BoundedCache(4096)
+_NOTHING_KEPT = ""  # cached for an ``extra`` that the policy drops entirely (extra_json answers None)
 _SCRUB_CACHE_MAX_TEXT = 256
 
 
@@ -286,8 +298,8 @@ class Pseudonymiser:
     def identifier(self, text: None) -> None: ...
     def identifier(self, text: str | None) -> str | None:
         """KEEP for string ids: as is, unless the whole value reads as a phone number."""
-        if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
-            return text
+        if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS or _ASCII_LETTER.search(text):
+            return text  # a letter survives the compaction below, so the value cannot be a whole number
         compact = _SEPARATORS.sub("", text.strip())
         if _WHOLE_NUMBER.fullmatch(compact) and to_e164(compact, self._ctx) is not None:
             return REDACTED
@@ -299,7 +311,16 @@ class Pseudonymiser:
     def scrub(self, text: None) -> None: ...
     def scrub(self, text: str | None) -> str | None:
         """SCRUB: replace every phone-number-like digit run by its token or ``[redacted]``."""
-        if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS:
+        if text is None:
+            return text
+        template = self._template(text)
+        if isinstance(template, str):
+            return template
+        return self._filled(template)
+
+    def _template(self, text: str) -> _Template:
+        """The SCRUB template of ``text`` (the text itself when no token goes in), cached per numbering."""
+        if len(text) < MIN_NUMBER_DIGITS or digit_count_of(text) < MIN_NUMBER_DIGITS:
             return text
         cache_key = (self._ctx.country, self._ctx.dial_prefixes, text)
         template = _SCRUB_TEMPLATES.get(cache_key)
@@ -307,20 +328,40 @@ class Pseudonymiser:
             template = _scrub_template(text, self._ctx)
             if len(text) <= _SCRUB_CACHE_MAX_TEXT:
                 _SCRUB_TEMPLATES.put(cache_key, template)
+        return template
+
+    def _filled(self, template: _Template) -> str:
+        """A template with this request's tokens in it."""
         if isinstance(template, str):
             return template
         return "".join(piece if index % 2 == 0 else self.token(piece) for index, piece in enumerate(template))
 
     def extra_json(self, extra: Mapping[str, str]) -> str | None:
-        """Scrubbed ``extra`` as a JSON object (keys sorted), or None when nothing is left."""
-        kept = {
-            self.scrub(key): self.scrub(value)
-            for key, value in extra.items()
-            if EXTRA_POLICY.get(key, Action.SCRUB) is not Action.DROP
-        }
-        if not kept:
-            return None
-        return _extra_json_text(tuple(kept.items()))
+        """Scrubbed ``extra`` as a JSON object (keys sorted), or None when nothing is left.
+
+        When no key or value needs a token the answer depends on ``extra`` and the numbering only, and
+        is remembered (most CDRs of a PBX repeat the same handful of outcome fields); answers with
+        tokens are computed every time (after an erasure a number gets a new token).
+        """
+        items = tuple(extra.items())
+        cache_key = (self._ctx.country, self._ctx.dial_prefixes, items)
+        cached = _PLAIN_EXTRA_JSON.get(cache_key)
+        if cached is not None:
+            return cached or None
+        kept: dict[str, str] = {}
+        plain = True
+        for key, value in items:
+            if EXTRA_POLICY.get(key, Action.SCRUB) is Action.DROP:
+                continue
+            key_template = self._template(key)
+            value_template = self._template(value)
+            if not (isinstance(key_template, str) and isinstance(value_template, str)):
+                plain = False
+            kept[self._filled(key_template)] = self._filled(value_template)
+        text = _extra_json_text(tuple(kept.items())) if kept else None
+        if plain and sum(len(key) + len(value) for key, value in items) <= _SCRUB_CACHE_MAX_TEXT * 4:
+            _PLAIN_EXTRA_JSON.put(cache_key, text or _NOTHING_KEPT)
+        return text
 
     def data_piece(self, event: str, index: int, piece: str) -> str:
         """One queue_log data piece: tokenised, redacted or scrubbed by its role in ``event``."""
