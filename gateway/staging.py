@@ -109,6 +109,9 @@ _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _IPC_PLAIN = pa.ipc.IpcWriteOptions()
 _COMPRESS_FROM_ROWS = 1000
 _ROW_GETTERS = {kind: operator.attrgetter(*schema.names) for kind, schema in SCHEMAS.items()}
+_ROW_TYPES = {kind: pa.struct(list(schema)) for kind, schema in SCHEMAS.items()}
+_SCHEMA_MESSAGES: list[tuple[pa.Schema, bytes]] = [(schema, bytes(schema.serialize())) for schema in SCHEMAS.values()]
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker, zero length
 _US_PER_HOUR = 3_600_000_000
 
 
@@ -174,6 +177,13 @@ def encode_table(table: pa.Table) -> bytes:
     Large tables are zstd-compressed; small ones (a commit group of single CDRs) are not, since
     compressing each of their small buffers costs more CPU than the bytes it saves are worth.
     """
+    if table.num_rows < _COMPRESS_FROM_ROWS:
+        batches = table.to_batches()
+        if len(batches) == 1:
+            for schema, message in _SCHEMA_MESSAGES:
+                if table.schema.equals(schema, check_metadata=True):
+                    # what the stream writer writes: schema message, the batch's message, end-of-stream
+                    return message + bytes(batches[0].serialize()) + _END_OF_STREAM
     sink = pa.BufferOutputStream()
     options = _IPC_OPTIONS if table.num_rows >= _COMPRESS_FROM_ROWS else _IPC_PLAIN
     with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
@@ -185,10 +195,10 @@ def records_table(records: Sequence[Record], kind: str) -> pa.Table:
     """Record objects of one kind as an Arrow table in the kind's schema (column by column)."""
     schema = SCHEMAS[kind]
     rows = [_ROW_GETTERS[kind](record) for record in records]
-    columns = zip(*rows, strict=True) if rows else ([] for _ in schema)
-    return pa.Table.from_arrays(
-        [pa.array(column, type=f.type) for column, f in zip(columns, schema, strict=True)], schema=schema
-    )
+    if rows:  # one conversion of the rows as a struct array costs far less than one per column
+        batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=_ROW_TYPES[kind]))
+        return pa.Table.from_batches([batch], schema=schema)
+    return pa.Table.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
