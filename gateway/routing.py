@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,26 @@ class Metrics:
             "telgate_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry
         )
         self.logins = Counter("telgate_logins", "Operator logins by outcome", ["outcome"], registry=self.registry)
+        self._latency_by_route: dict[str, Histogram] = {}
+        self._requests_by_outcome: dict[tuple[str, int], Counter] = {}
+
+    def observe(self, route: str, seconds: float) -> None:
+        """Record a request's latency, as ``Histogram.time()`` does.
+
+        Labelled children are looked up once per route (and status, in ``count``): ``labels`` takes a
+        lock and validates its values on every call.
+        """
+        latency = self._latency_by_route.get(route)
+        if latency is None:
+            latency = self._latency_by_route[route] = self.latency.labels(route)
+        latency.observe(max(seconds, 0))
+
+    def count(self, route: str, status: int) -> None:
+        """Count an answered request by route and status."""
+        requests = self._requests_by_outcome.get((route, status))
+        if requests is None:
+            requests = self._requests_by_outcome[(route, status)] = self.requests.labels(route, str(status))
+        requests.inc()
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
@@ -109,8 +130,10 @@ def json_error(exc: BaseException) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every error to the JSON error shape and count the request."""
     metrics = request.app[METRICS]
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    with metrics.latency.labels(route).time():
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
+    started = time.perf_counter()  # the clock of Histogram.time()
+    try:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -131,7 +154,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if error_code(exc) == "internal":
                 log.exception("unhandled error on %s %s", request.method, request.path)
             response = json_error(exc)
-    metrics.requests.labels(route, str(response.status)).inc()
+    finally:
+        metrics.observe(route, time.perf_counter() - started)
+    metrics.count(route, response.status)
     return response
 
 
