@@ -31,7 +31,7 @@ from ingest.formats import FORMAT_TABLES, PARSERS
 from ingest.formats.asterisk_csv import COLUMNAR_MIN_BYTES, parse_asterisk_csv, parse_asterisk_csv_columns
 from ingest.formats.asterisk_csv import FORMAT as CSV_FORMAT
 from ingest.formats.queue_log import decode_form, parse_queue_log_store
-from ingest.policy import pseudonymise_all, pseudonymise_csv_columns
+from ingest.policy import Pseudonymiser, pseudonymise_all, pseudonymise_csv_columns
 from ingest.ports import SubjectTokens
 from ingest.records import (
     AcdEventRecord,
@@ -209,6 +209,7 @@ class IngestService:
     ) -> StageRequest:
         """A large Master.csv body, column-wise, in pieces of whole lines (bounded memory, same result)."""
         now = self._clock.now()
+        pseudonymiser = Pseudonymiser(ctx, tokens)  # shared by the pieces: each token looked up once per body
         tables: list[pa.Table] = []
         rejects: list[Rejected] = []
         start = line_offset = 0
@@ -220,7 +221,7 @@ class IngestService:
             piece = body[start:end]
             columnar = parse_asterisk_csv_columns(piece, content_type, ctx)
             if columnar is not None:
-                tables.append(pseudonymise_csv_columns(columnar, ctx, tokens, now))
+                tables.append(pseudonymise_csv_columns(columnar, ctx, tokens, now, pseudonymiser))
                 piece_rejects = columnar.rejects
             else:  # an unusual piece (CR line ends, several profiles...): line by line, same result
                 result = parse_asterisk_csv(piece, content_type, ctx)

@@ -100,8 +100,13 @@ class DistinctCache:
             if len(keys) + len(fresh) > self._max_entries:  # start over from this column's values
                 seen = pc.unique(array.filter(pc.is_valid(index)))
                 keys, values = seen, values.take(pc.index_in(seen, value_set=keys))
+                index = None
+            else:  # the new values go after the old ones: only they need looking up again
+                fresh_index = pc.add(pc.cast(pc.index_in(array, value_set=fresh), pa.int64()), len(keys))
+                index = pc.coalesce(pc.cast(index, pa.int64()), fresh_index)
             keys, values = pa.concat_arrays([keys, fresh]), pa.concat_arrays([values, mapped])
             with self._lock:
                 self._keys, self._values = keys, values
-            index = pc.index_in(array, value_set=keys)
+            if index is None:
+                index = pc.index_in(array, value_set=keys)
         return values.take(index)

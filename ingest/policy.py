@@ -501,13 +501,20 @@ _SCRUBBED_CDR_COLUMNS = ("account_code", "context", "src_channel", "dst_channel"
 
 
 def pseudonymise_csv_columns(
-    columnar: ColumnarCdrs, ctx: PbxContext, tokens: SubjectTokens, ingested_at: datetime
+    columnar: ColumnarCdrs,
+    ctx: PbxContext,
+    tokens: SubjectTokens,
+    ingested_at: datetime,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> pa.Table:
     """A Master.csv body parsed column-wise, pseudonymised: its rows in ``CDR_SCHEMA``, in line order.
 
     Exactly ``records_to_table(pseudonymise_all(parse_asterisk_csv(body).records))``, computed column-wise.
+    The pieces of one request may share a ``pseudonymiser`` (its tokens are looked up once per request).
     """
-    table = pseudonymise_cdr_columns(columnar.table, columnar.extra_names, ctx, tokens, ingested_at, CSV_FORMAT)
+    table = pseudonymise_cdr_columns(
+        columnar.table, columnar.extra_names, ctx, tokens, ingested_at, CSV_FORMAT, pseudonymiser
+    )
     if not columnar.records:
         return table
     records = pseudonymise_all([record for _, record in columnar.records], ctx, tokens, ingested_at)
@@ -523,6 +530,7 @@ def pseudonymise_cdr_columns(
     tokens: SubjectTokens,
     ingested_at: datetime,
     source_format: str,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> pa.Table:
     """The column-wise ``Pseudonymiser.cdr``: identifiable CDR columns -> a table in ``CDR_SCHEMA``.
 
@@ -531,7 +539,7 @@ def pseudonymise_cdr_columns(
     ids that cannot be a possible number); the rest go through ``Pseudonymiser`` once per distinct
     value, so the result is the same as record by record.
     """
-    pseudonymiser = Pseudonymiser(ctx, tokens)
+    pseudonymiser = pseudonymiser or Pseudonymiser(ctx, tokens)
     length = raw.num_rows
     subjects: set[str] = set()
     for party in ("caller", "callee"):
@@ -557,8 +565,7 @@ def pseudonymise_cdr_columns(
         kind = as_array(raw.column(f"{party}_kind"))
         out[party] = _party_column(kind, raw.column(f"{party}_value"), pseudonymiser)
         out[f"{party}_kind"] = kind
-    for name in _SCRUBBED_CDR_COLUMNS:
-        out[name] = _scrub_column(raw.column(name), pseudonymiser, ctx)
+    out.update(_scrub_columns({name: raw.column(name) for name in _SCRUBBED_CDR_COLUMNS}, pseudonymiser, ctx))
     out["extra_json"] = _extra_json_column([raw.column(f"extra.{n}") for n in extra_names], extra_names, pseudonymiser)
     out["ingested_at"] = constant(_utc(ingested_at), length, CDR_SCHEMA.field("ingested_at").type)
     return pa.Table.from_arrays(
@@ -591,19 +598,23 @@ def _may_scrub(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.or_(pc.invert(pc.string_is_ascii(array)), candidate)
 
 
-def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymiser, ctx: PbxContext) -> pa.Array:
-    """SCRUB over a column: ``Pseudonymiser.scrub`` of every value, computed column-wise.
+def _scrub_columns(
+    columns: Mapping[str, pa.ChunkedArray | pa.Array], pseudonymiser: Pseudonymiser, ctx: PbxContext
+) -> dict[str, pa.Array]:
+    """SCRUB over columns: ``Pseudonymiser.scrub`` of every value, computed column-wise.
 
-    Only values SCRUB could change are looked at. Their templates (``_scrub_template``: text and
-    numbering only) come from an Arrow-side cache, and the tokens of templates with one number are
-    filled in column-wise, per request as ``Pseudonymiser.scrub`` does; values with several numbers
-    (or a NUL, which the cache's encoding uses) go through ``Pseudonymiser.scrub`` once per value.
+    Only values SCRUB could change are looked at (those of all the columns together). Their templates
+    (``_scrub_template``: text and numbering only) come from an Arrow-side cache, and the tokens of
+    templates with one number are filled in column-wise, per request as ``Pseudonymiser.scrub`` does;
+    values with several numbers (or a NUL, which the cache's encoding uses) go through
+    ``Pseudonymiser.scrub`` once per value.
     """
-    array = as_array(column)
-    where = pc.fill_null(_may_scrub(array), False)
-    if not pc.any(where).as_py():
-        return array
-    values = array.filter(where)
+    arrays = {name: as_array(column) for name, column in columns.items()}
+    wheres = {name: pc.fill_null(_may_scrub(array), False) for name, array in arrays.items()}
+    picked = [array.filter(wheres[name]) for name, array in arrays.items()]
+    if not sum(len(values) for values in picked):
+        return arrays
+    values = pa.concat_arrays(picked)
     simple = pc.and_(pc.string_is_ascii(values), pc.invert(pc.match_substring(values, "\x00")))
     cache = _template_cache(ctx.country, ctx.dial_prefixes)
     templates = cache.map(pc.if_else(simple, values, pa.scalar(None, pa.string())))
@@ -625,7 +636,12 @@ def _scrub_column(column: pa.ChunkedArray | pa.Array, pseudonymiser: Pseudonymis
     if pc.any(others).as_py():
         by_policy = map_distinct(values, pseudonymiser.scrub, pa.string(), where=others)
         scrubbed = pc.if_else(others, by_policy, scrubbed)
-    return pc.replace_with_mask(array, where, scrubbed)
+    out: dict[str, pa.Array] = {}
+    offset = 0
+    for (name, array), part in zip(arrays.items(), picked, strict=True):
+        out[name] = pc.replace_with_mask(array, wheres[name], scrubbed.slice(offset, len(part))) if len(part) else array
+        offset += len(part)
+    return out
 
 
 @functools.lru_cache(maxsize=64)

@@ -238,3 +238,16 @@ def test_values_the_column_wise_policy_skips_are_left_unchanged_by_scrub() -> No
     assert "PJSIP/682-81234567" in skipped
     assert "SIP/07700900017-00000012" not in skipped
     assert [value for value in skipped if scrub(value) != value] == []
+
+
+def test_pieces_of_one_body_may_share_a_pseudonymiser() -> None:
+    ctx = make_ctx()
+    tokens = HashTokens()
+    shared = Pseudonymiser(ctx, tokens)
+    lines = plain_lines(4000)
+    for piece in (lines[:2000], lines[2000:]):
+        body = body_of(piece)
+        expected, _, _ = both_paths(body, ctx)
+        columnar = parse_asterisk_csv_columns(body, "text/csv", ctx)
+        assert columnar is not None
+        assert_same(expected, pseudonymise_csv_columns(columnar, ctx, tokens, INGESTED_AT, shared))
