@@ -262,7 +262,7 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
     # string kernels below only ever see ASCII.
     ascii_only = pc.string_is_ascii(raw_lines.view(pa.string()))
     text = pc.if_else(ascii_only, raw_lines.view(pa.string()), "")
-    blank = pc.and_(ascii_only, pc.equal(pc.utf8_length(pc.utf8_trim(text, characters=_BLANK)), 0))
+    blank = _blank_lines(text, ascii_only)
     plain = pc.and_(ascii_only, pc.match_substring_regex(text, _CSV_LINE))
     eligible = pc.and_not(plain, blank)
     odd_lines = pc.indices_nonzero(pc.and_not(pc.invert(plain), blank)).to_pylist()
@@ -309,6 +309,18 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
         except RecordRejected as exc:
             result.rejects.append(Reject(line_number, exc.reason, raw))
     return result
+
+
+def _blank_lines(text: pa.Array, ascii_only: pa.Array) -> pa.Array:
+    """ASCII lines made of ``_BLANK`` characters only (``split_lines`` skips them); only lines that start
+    with one (or are empty) are trimmed to find out."""
+    first = pc.utf8_slice_codeunits(text, 0, 1)
+    maybe = pc.and_(ascii_only, pc.is_in(first, value_set=pa.array(["", *_BLANK], pa.string())))
+    blank = false_mask(len(text))
+    if pc.any(maybe).as_py():
+        trimmed = pc.utf8_trim(text.filter(maybe), characters=_BLANK)
+        blank = pc.replace_with_mask(blank, maybe, pc.equal(pc.utf8_length(trimmed), 0))
+    return blank
 
 
 def _extra_names(columns: tuple[str, ...]) -> tuple[str, ...]:

@@ -72,6 +72,8 @@ TRICKY = [
     b'"BUSY","DOCUMENTATION","","","","",""',
     b"",
     b"   \t",
+    b"\x0b\x0c \t",  # blank too (what bytes.strip removes)
+    b" \x1c",  # not blank: bytes.strip keeps \x1c
     b'"","07700900019","600","from-pstn","","","","Dial","","2025-03-04 10:00:00",,"2025-03-04 10:00:05",5,0,'
     b'"NO ANSWER","DOCUMENTATION","1741082400.19","","","1741082400.19",19 ',
     b'"","07700900020","600","from-pstn","","","","Dial","","2025-03-04 10:00:00",,"2025-03-04 10:00:05",5,0,'
