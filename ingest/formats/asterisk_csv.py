@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ingest.columns import DistinctCache, as_array, empty_to_null, false_mask, map_distinct, strip
+from ingest.columns import DistinctCache, as_array, constant, empty_to_null, false_mask, map_distinct, strip
 from ingest.context import ParseResult, PbxContext
 from ingest.errors import RecordRejected, Reject
 from ingest.normalise import (
@@ -260,8 +260,12 @@ def parse_asterisk_csv_columns(body: bytes, content_type: str, ctx: PbxContext) 
     raw_lines = pc.list_flatten(pc.split_pattern(pa.array([body], pa.binary()), b"\n"))
     # Lines with any non-ASCII byte (names with accents, or not UTF-8 at all) go to the line parser; the
     # string kernels below only ever see ASCII.
-    ascii_only = pc.string_is_ascii(raw_lines.view(pa.string()))
-    text = pc.if_else(ascii_only, raw_lines.view(pa.string()), "")
+    if body.isascii():  # the usual case: one pass over the bytes instead of one per line
+        ascii_only = constant(True, len(raw_lines), pa.bool_())
+        text = raw_lines.view(pa.string())
+    else:
+        ascii_only = pc.string_is_ascii(raw_lines.view(pa.string()))
+        text = pc.if_else(ascii_only, raw_lines.view(pa.string()), "")
     blank = _blank_lines(text, ascii_only)
     plain = pc.and_(ascii_only, pc.match_substring_regex(text, _CSV_LINE))
     eligible = pc.and_not(plain, blank)
