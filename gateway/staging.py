@@ -168,7 +168,8 @@ def staging_keys(table: pa.Table, kind: str) -> list[str]:
     joined = pc.binary_join_element_wise(
         pc.utf8_lpad(pc.cast(hours, pa.string()), 7, "0"), pc.utf8_slice_codeunits(keys, 0, 32), ":"
     )
-    return [str(key) for key in joined.to_pylist()]
+    keys_text: list[str] = joined.to_pylist()
+    return keys_text
 
 
 def encode_table(table: pa.Table) -> bytes:
