@@ -218,13 +218,29 @@ def _json_profiles(doc: Mapping[str, Any], exact: bool = True) -> tuple[list[dic
     return profiles, times
 
 
+# Decoded variable values (pure function of the text): channel names, dial strings and caller numbers
+# repeat across a PBX's CDRs. Bounded: emptied when full; at most this many values of at most 128 chars.
+_UNQUOTED: dict[str, str] = {}
+_UNQUOTED_MAX = 16_384
+_UNQUOTE_CACHE_MAX_TEXT = 128
+
+
 def _unquote(text: str) -> str:
     """``urllib.parse.unquote``, without its per-run work for the usual ASCII values (same result)."""
     if "%" not in text:
         return text
+    decoded = _UNQUOTED.get(text)
+    if decoded is not None:
+        return decoded
     if text.isascii():  # one ASCII run: what unquote does to it, in one call
-        return unquote_to_bytes(text).decode("utf-8", "replace")
-    return unquote(text)
+        decoded = unquote_to_bytes(text).decode("utf-8", "replace")
+    else:
+        decoded = unquote(text)
+    if len(text) <= _UNQUOTE_CACHE_MAX_TEXT:
+        if len(_UNQUOTED) >= _UNQUOTED_MAX:
+            _UNQUOTED.clear()
+        _UNQUOTED[text] = decoded
+    return decoded
 
 
 def _json_variables(source: dict[str, Any], exact: bool) -> dict[str, str]:

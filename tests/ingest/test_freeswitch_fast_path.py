@@ -183,3 +183,18 @@ def test_duplicate_keys_keep_the_last_value() -> None:
     assert_same(body)
     (record,) = parse_freeswitch_json(body, "application/json", CTX).records
     assert record.duration_s == 151  # the document's own, later "duration" wins, as with json.loads
+
+
+@EXAMPLES
+@given(st.text(alphabet="%2bB4Fe0 +é\u00ff/:@x", max_size=20))
+def test_unquote_is_urllib_unquote_cached_or_not(text: str) -> None:
+    assert freeswitch._unquote(text) == freeswitch.unquote(text)
+    assert freeswitch._unquote(text) == freeswitch.unquote(text)  # from the cache
+
+
+def test_unquote_cache_is_bounded() -> None:
+    for n in range(freeswitch._UNQUOTED_MAX + 10):
+        assert freeswitch._unquote(f"%41{n}") == f"A{n}"
+    assert len(freeswitch._UNQUOTED) <= freeswitch._UNQUOTED_MAX
+    assert freeswitch._unquote("x" * 200 + "%41") == "x" * 200 + "A"
+    assert "x" * 200 + "%41" not in freeswitch._UNQUOTED
