@@ -198,7 +198,9 @@ class SqliteDatabase:
         """Close the connection."""
         with self._lock:
             self._conn.close()
-            os.close(self._write_lock)
+            if self._write_lock >= 0:  # close() may be called twice
+                os.close(self._write_lock)
+                self._write_lock = -1
 
 
 # Versioned migrations per component: (version, statements). Never edit a released one; append a new
