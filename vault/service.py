@@ -369,14 +369,12 @@ class RecordingUpload:
                     # SHA-256 releases the GIL: hash on another core while this thread seals and writes.
                     hashed = _hashers().submit(self._hash_parts, parts)
                     try:
-                        for part in parts:
-                            self._writer.write(part)
+                        self._writer.write_parts(parts)
                     finally:
                         hashed.result()
                 else:
                     self._hash_parts(parts)
-                    for part in parts:
-                        self._writer.write(part)
+                    self._writer.write_parts(parts)
                 self._writeback.advance()
             except BaseException:
                 self._abort_locked()

@@ -531,7 +531,7 @@ class _FailingOutput(io.BytesIO):
         self.fail_after = fail_after
 
     def write(self, data: object) -> int:
-        if self.tell() >= self.fail_after:
+        if self.tell() + len(memoryview(data)) > self.fail_after:  # type: ignore[arg-type]
             raise OSError(28, "No space left on device")
         return super().write(data)  # type: ignore[arg-type]
 
