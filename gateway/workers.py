@@ -82,6 +82,7 @@ class HttpWorkerPool:
         self._count = count
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
+        self._starting: set[BaseProcess] = set()  # spawned, not yet serving: stop() must end these too
         self._stopping = False
         self._restarts: set[asyncio.Task[None]] = set()
 
@@ -104,10 +105,16 @@ class HttpWorkerPool:
         )
         process.start()  # on the loop's thread: PDEATHSIG follows the thread that started the child
         child_end.close()
+        self._starting.add(process)
         try:
+            # The thread owns parent_end and closes it; if this task is cancelled (stop() during a
+            # restart), stop() terminates the process and the thread returns within one poll.
             ready = await asyncio.to_thread(_wait_ready, parent_end, process)
         finally:
-            parent_end.close()
+            self._starting.discard(process)
+        if self._stopping:
+            _kill(process)
+            return
         if not ready:
             _kill(process)
             raise WorkerStartError(f"HTTP worker {index} did not start (exit code {process.exitcode})")
@@ -149,27 +156,30 @@ class HttpWorkerPool:
         for task in list(self._restarts):
             task.cancel()
         loop = asyncio.get_running_loop()
-        workers = list(self._workers.values())
-        self._workers.clear()
-        for worker in workers:
+        processes = [w.process for w in self._workers.values()] + list(self._starting)
+        for worker in self._workers.values():
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(worker.process.sentinel)
-            if worker.process.is_alive():
-                worker.process.terminate()
-        await asyncio.gather(*(asyncio.to_thread(_join_or_kill, w.process) for w in workers))
+        self._workers.clear()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        await asyncio.gather(*(asyncio.to_thread(_join_or_kill, process) for process in processes))
 
 
 def _wait_ready(connection: Connection, process: BaseProcess) -> bool:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if connection.poll(0.5):
-            try:
-                return bool(connection.recv() == READY)
-            except EOFError:
+    """True once the worker says it serves; False if it exits or times out first. Closes ``connection``."""
+    with connection:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if connection.poll(0.5):
+                try:
+                    return bool(connection.recv() == READY)
+                except EOFError:
+                    return False
+            if not process.is_alive():
                 return False
-        if not process.is_alive():
-            return False
-    return False
+        return False
 
 
 def _kill(process: BaseProcess) -> None:

@@ -44,13 +44,15 @@ class Node:
         initialised = run(["init", "--data", str(self.data), "--json"], self.env)
         assert initialised.returncode == 0, initialised.stderr
         self.password = json.loads(initialised.stdout)["first_dpo"]["password"]
-        self.process = subprocess.Popen(
-            [TELGATE, "serve", "--data", str(self.data)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        self.log = tmp_path / "serve.log"
+        with self.log.open("wb") as log:  # the node's own log, shown when a stop goes wrong
+            self.process = subprocess.Popen(
+                [TELGATE, "serve", "--data", str(self.data)],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # printed once every worker serves
         found = re.search(r"serving HTTP on (\S+) ", line)
@@ -74,6 +76,7 @@ class Node:
         return sorted(pids)
 
     def stop(self) -> int:
+        """SIGTERM and the exit code; a node that does not stop in time is killed and its log printed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -81,6 +84,7 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                print("telgate serve did not stop in 60 s; its log:\n" + self.log.read_text(errors="replace")[-20_000:])
         return self.process.returncode
 
 
@@ -199,6 +203,18 @@ async def test_a_killed_worker_is_replaced_and_loses_nothing_acknowledged(node: 
     legs = await asyncio.to_thread(lake_legs, node)
     assert sorted(legs) == sorted(acked)
     assert len(acked) == 200
+
+
+async def test_sigterm_while_a_worker_starts_again_stops_cleanly(node: Node) -> None:
+    """A stop that lands while a replacement worker is still starting ends that worker too."""
+    before = node.workers()
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not (fresh := set(node.workers()) - set(before)):  # spawned: not serving for a while yet
+        assert time.monotonic() < deadline, "no replacement worker was spawned"
+        await asyncio.sleep(0.01)  # polling the kernel's process table: there is nothing to await
+    assert node.stop() == 0
+    assert not [pid for pid in fresh | set(before) if running(pid)], "no orphaned worker"
 
 
 async def test_a_killed_supervisor_takes_its_workers_along(node: Node) -> None:
