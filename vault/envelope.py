@@ -145,13 +145,16 @@ class EnvelopeWriter:
         self._out = out
         self._aead = AESGCM(enc_key)
         self._chunk_size = chunk_size
-        self._pending = bytearray(chunk_size)
+        # Both buffers are allocated on first need and sized to it: a small payload (a sealed phone
+        # number) must not pay for zeroing a chunk and a write batch it never fills.
+        self._pending = bytearray()
         self._pending_view = memoryview(self._pending)
         self._pending_len = 0
         # Sealed chunks collect here and leave in one write per call (or per ~1 MiB): one system call
         # for 15 chunks of 64 KiB instead of one each. Ciphertext only; plaintext is in _pending.
         sealed_size = chunk_size + GCM_TAG_SIZE
-        self._sealed = bytearray(max(1, _WRITE_BATCH // sealed_size) * sealed_size)
+        self._batch_size = max(1, _WRITE_BATCH // sealed_size) * sealed_size
+        self._sealed = bytearray()
         self._sealed_view = memoryview(self._sealed)
         self._sealed_len = 0
         self._aad = bytearray(HEADER_MAC_SIZE + _AAD_SUFFIX.size)
@@ -212,6 +215,9 @@ class EnvelopeWriter:
             pos += chunk_size
         if pos < total:
             rest = total - pos
+            if len(self._pending) < chunk_size:
+                self._pending = bytearray(chunk_size)
+                self._pending_view = memoryview(self._pending)
             self._pending_view[:rest] = view[pos:]
             self._pending_len = rest
         return total
@@ -255,10 +261,13 @@ class EnvelopeWriter:
         _AAD_SUFFIX.pack_into(self._aad, HEADER_MAC_SIZE, index, flag)
         start = self._sealed_len
         end = start + len(plaintext) + GCM_TAG_SIZE
+        if end > len(self._sealed):  # nothing is pending in it here: the last seal flushed a full batch
+            self._sealed = bytearray(end if final else self._batch_size)
+            self._sealed_view = memoryview(self._sealed)
         self._aead.encrypt_into(_NONCE.pack(index, flag), plaintext, self._aad, self._sealed_view[start:end])
         self._sealed_len = end
         self._index = index + 1
-        if end + self._chunk_size + GCM_TAG_SIZE > len(self._sealed):
+        if end + self._chunk_size + GCM_TAG_SIZE > self._batch_size:
             self._flush_sealed()
 
     def _flush_sealed(self) -> None:
