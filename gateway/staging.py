@@ -275,6 +275,41 @@ def claim_keys(tx: Transaction, keys: list[str], seen_at: str) -> list[bool]:
     return fresh
 
 
+@dataclass(slots=True)
+class PreparedGroup:
+    """A commit group's requests with what staging them needs outside the transaction."""
+
+    requests: Sequence[StageRequest]
+    keys: list[str]  # staging keys of every record, in request order
+    payloads: list[tuple[Kind, str, int, bytes]]  # kind, tenant, records, payload: every record new
+    quarantine: list[list[tuple[str, Rejected, bytes]]]  # per request: quarantine id, reject, sealed raw
+
+
+def _group_payloads(
+    requests: Sequence[StageRequest], flags: Sequence[Sequence[bool]] | None
+) -> list[tuple[Kind, str, int, bytes]]:
+    """Staged payloads of a group's new records (``flags`` None: all are new): one per column-wise
+    request, one per (kind, tenant) for the small requests, which share a row."""
+    shared: dict[tuple[Kind, str], list[Record]] = {}
+    payloads: list[tuple[Kind, str, int, bytes]] = []
+    for index, request in enumerate(requests):
+        new = None if flags is None else flags[index]
+        if request.size == 0 or (new is not None and not any(new)):
+            continue
+        if request.table is not None:
+            table = request.table if new is None or all(new) else request.table.filter(pa.array(new))
+            payloads.append((request.kind, request.tenant, table.num_rows, encode_table(table)))
+        else:
+            group = shared.setdefault((request.kind, request.tenant), [])
+            if new is None:
+                group += request.records
+            else:
+                group += [record for record, fresh in zip(request.records, new, strict=True) if fresh]
+    for (kind, tenant), records in shared.items():
+        payloads.append((kind, tenant, len(records), encode_table(records_table(records, kind))))
+    return payloads
+
+
 class StagingStore:
     """SQL operations on staging, dedupe and quarantine (blocking; called from the writer thread)."""
 
@@ -289,7 +324,16 @@ class StagingStore:
 
     def stage_many(self, tx: Transaction, requests: Sequence[StageRequest], now: datetime) -> list[StageOutcome]:
         """Stage a commit group inside ``tx``: one dedupe statement for all, small requests share a row."""
-        seen_at = utc_text(now)
+        return self.stage_prepared(tx, self.prepare_group(requests), now)
+
+    def prepare_group(self, requests: Sequence[StageRequest]) -> PreparedGroup:
+        """Everything a commit group needs that no transaction does: keys, payloads, sealed rejects.
+
+        The writer calls this before it takes the store's write lock, which every process of the node
+        queues on: the lock is then held for the SQL statements and the commit only. Payloads are
+        encoded as if every record were new, the common case; ``stage_prepared`` re-encodes the group
+        when some records turn out to be duplicates.
+        """
         keys: list[str] = []
         for request in requests:
             if request.table is not None:
@@ -297,26 +341,29 @@ class StagingStore:
             else:
                 time_field = TIME_COLUMNS[request.kind]
                 keys += [staging_key(r.dedupe_key, getattr(r, time_field)) for r in request.records]
-        fresh = claim_keys(tx, keys, seen_at)
-        outcomes: list[StageOutcome] = []
-        shared: dict[tuple[str, str], list[Record]] = {}
-        payloads: list[tuple[str, str, int, bytes]] = []  # kind, tenant, records, payload
-        offset = 0
+        quarantine: list[list[tuple[str, Rejected, bytes]]] = []
         for request in requests:
+            sealed = []
+            for reject in request.rejects:
+                quarantine_id = "q_" + secrets.token_hex(8)
+                sealed.append((quarantine_id, reject, encrypt_bytes(reject.raw, self._sealing_key, quarantine_id)))
+            quarantine.append(sealed)
+        return PreparedGroup(requests, keys, _group_payloads(requests, None), quarantine)
+
+    def stage_prepared(self, tx: Transaction, group: PreparedGroup, now: datetime) -> list[StageOutcome]:
+        """Stage a prepared commit group inside ``tx``."""
+        seen_at = utc_text(now)
+        fresh = claim_keys(tx, group.keys, seen_at)
+        outcomes: list[StageOutcome] = []
+        flags_by_request: list[list[bool]] = []
+        offset = 0
+        for request in group.requests:
             flags = fresh[offset : offset + request.size]
             offset += request.size
             accepted = sum(flags)
             outcomes.append(StageOutcome(accepted=accepted, duplicates=request.size - accepted))
-            if not accepted:
-                continue
-            if request.table is not None:
-                table = request.table if accepted == request.size else request.table.filter(pa.array(flags))
-                payloads.append((request.kind, request.tenant, accepted, encode_table(table)))
-            else:
-                group = shared.setdefault((request.kind, request.tenant), [])
-                group += [record for record, new in zip(request.records, flags, strict=True) if new]
-        for (kind, tenant), records in shared.items():
-            payloads.append((kind, tenant, len(records), encode_table(records_table(records, kind))))
+            flags_by_request.append(flags)
+        payloads = group.payloads if all(fresh) else _group_payloads(group.requests, flags_by_request)
         if payloads:
             counter = tx.fetch_one(
                 "UPDATE staging_counter SET value = value + ? WHERE id = 1 RETURNING value", (len(payloads),)
@@ -328,28 +375,16 @@ class StagingStore:
                     "INSERT INTO staged (seq, kind, tenant, records, payload, staged_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (seq, kind, tenant, count, payload, seen_at),
                 )
-        for request, outcome in zip(requests, outcomes, strict=True):
-            for reject in request.rejects:
-                outcome.quarantined.append(self._quarantine(tx, request, reject, seen_at))
+        for request, outcome, sealed in zip(group.requests, outcomes, group.quarantine, strict=True):
+            for quarantine_id, reject, blob in sealed:
+                tx.execute(
+                    "INSERT INTO quarantine (id, received_at, pbx, tenant, format, line, reason, sealed)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (quarantine_id, seen_at, request.pbx, request.tenant, request.source_format, reject.line,
+                     reject.reason, blob),
+                )  # fmt: skip
+                outcome.quarantined.append(quarantine_id)
         return outcomes
-
-    def _quarantine(self, tx: Transaction, request: StageRequest, reject: Rejected, seen_at: str) -> str:
-        quarantine_id = "q_" + secrets.token_hex(8)
-        tx.execute(
-            "INSERT INTO quarantine (id, received_at, pbx, tenant, format, line, reason, sealed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                quarantine_id,
-                seen_at,
-                request.pbx,
-                request.tenant,
-                request.source_format,
-                reject.line,
-                reject.reason,
-                encrypt_bytes(reject.raw, self._sealing_key, quarantine_id),
-            ),
-        )
-        return quarantine_id
 
     def backlog(self) -> int:
         """Records staged and not yet in the lake."""
@@ -489,9 +524,10 @@ class StagingWriter:
 
     def _commit(self, group: list[_Pending]) -> None:
         try:
+            prepared = self._store.prepare_group([pending.request for pending in group])  # before the lock
             now = self._clock.now()
             with self._db.transaction() as tx:
-                outcomes = self._store.stage_many(tx, [pending.request for pending in group], now)
+                outcomes = self._store.stage_prepared(tx, prepared, now)
         except Exception as exc:
             log.exception("staging commit of %d requests failed", len(group))
             for pending in group:

@@ -113,21 +113,27 @@ class SqlSubjectTokens:
         """
         sealing_key = self._sealing_key
         lookups = {self.lookup_hash(number): number for number in numbers}
-        now = utc_text(self._clock.now())
         result: dict[str, str] = {}
-        pending = list(lookups)
+        # Numbers stored before (by another worker process, or before a restart) are read without a write
+        # transaction: its lock is the one every writer of the node queues on, staging's group commits too.
+        self._take_stored(self._db, tenant, lookups, result)
+        if not lookups:
+            return self._remember(tenant, result)
+        now = utc_text(self._clock.now())
+        # New rows are sealed before the write transaction too (tens of microseconds a number).
+        tokens = {lookup: "sub_" + secrets.token_hex(16) for lookup in lookups}
+        sealed = {
+            lookup: encrypt_bytes(number.encode(), sealing_key, tokens[lookup]) for lookup, number in lookups.items()
+        }
         with self._db.transaction() as tx:
-            for first in range(0, len(pending), _CHUNK):
-                for lookup, token in self._stored(tx, tenant, pending[first : first + _CHUNK]).items():
-                    result[lookups.pop(lookup)] = token
+            self._take_stored(tx, tenant, lookups, result)  # stored meanwhile by another process
             new = list(lookups.items())
             for first in range(0, len(new), _CHUNK):
                 batch = new[first : first + _CHUNK]
-                created = {lookup: "sub_" + secrets.token_hex(16) for lookup, _ in batch}
+                created = {lookup: tokens[lookup] for lookup, _ in batch}
                 params: list[object] = []
-                for lookup, number in batch:
-                    token = created[lookup]
-                    params += [token, tenant, lookup, encrypt_bytes(number.encode(), sealing_key, token), now]
+                for lookup, _number in batch:
+                    params += [created[lookup], tenant, lookup, sealed[lookup], now]
                 rows = ", ".join(["(?, ?, ?, ?, 0, ?)"] * len(batch))
                 inserted = tx.execute(
                     "INSERT INTO subjects (token, tenant, lookup, sealed, restricted, created_at)"  # noqa: S608
@@ -138,15 +144,28 @@ class SqlSubjectTokens:
                     created = self._stored(tx, tenant, [lookup for lookup, _ in batch])
                 for lookup, number in batch:
                     result[number] = created[lookup]
+        return self._remember(tenant, result)
+
+    def _remember(self, tenant: str, tokens: dict[str, str]) -> dict[str, str]:
         with self._lock:
-            for number, token in result.items():
+            for number, token in tokens.items():
                 self._cache[(tenant, number)] = token
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return result
+        return tokens
+
+    @classmethod
+    def _take_stored(
+        cls, store: Transaction | Database, tenant: str, lookups: dict[str, str], result: dict[str, str]
+    ) -> None:
+        """Move the stored ones of ``lookups`` (lookup hash -> number) into ``result`` (number -> token)."""
+        pending = list(lookups)
+        for first in range(0, len(pending), _CHUNK):
+            for lookup, token in cls._stored(store, tenant, pending[first : first + _CHUNK]).items():
+                result[lookups.pop(lookup)] = token
 
     @staticmethod
-    def _stored(tx: Transaction, tenant: str, lookups: list[str]) -> dict[str, str]:
+    def _stored(tx: Transaction | Database, tenant: str, lookups: list[str]) -> dict[str, str]:
         """Stored tokens of some lookup hashes (at most ``_CHUNK``), by lookup hash."""
         placeholders = ", ".join("?" * len(lookups))
         rows = tx.fetch_all(
