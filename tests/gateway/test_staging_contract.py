@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.db import Database
-from gateway.staging import StageRequest, StagingStore, claim_keys, decode_records, decode_table
+from gateway.staging import (
+    Rejected,
+    StageRequest,
+    StagingStore,
+    claim_keys,
+    decode_records,
+    decode_table,
+    records_table,
+)
 from ingest.records import CdrRecord
 from tests.fakes import FakeClock
 
@@ -67,3 +75,34 @@ def test_a_group_stages_new_records_once_in_one_row(store: StagingStore, metadat
     assert table.column("dedupe_key").to_pylist()[:3] == [f"{n:032x}{0:032x}" for n in (1, 2, 3)]
     assert decode_table("cdr", bytes(rows[1]["payload"])).num_rows == 1
     assert seq == 2
+
+
+def test_a_group_prepared_before_its_transaction_stages_only_what_is_still_new(
+    store: StagingStore, metadata_db: Database
+) -> None:
+    """Payloads are encoded before the write lock; records another process staged meanwhile are left out."""
+    column_wise = StageRequest(
+        "cdr", "acme", "pbx1", "asterisk-csv", (), [Rejected(7, "bad time", b"a raw line")],
+        table=records_table([cdr(1), cdr(2)], "cdr"),
+    )  # fmt: skip
+    small = StageRequest("cdr", "acme", "pbx1", "json", [cdr(3)])
+    prepared = store.prepare_group([column_wise, small])
+    with metadata_db.transaction() as tx:  # another worker stages cdr(2) in between
+        assert store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(2)]), T0).accepted == 1
+    with metadata_db.transaction() as tx:
+        outcomes = store.stage_prepared(tx, prepared, T0)
+    assert [(o.accepted, o.duplicates) for o in outcomes] == [(1, 1), (1, 0)]
+    assert len(outcomes[0].quarantined) == 1
+    assert not outcomes[1].quarantined
+    rows = metadata_db.fetch_all("SELECT records, payload FROM staged ORDER BY seq")
+    assert [decode_records("cdr", bytes(row["payload"])) for row in rows] == [[cdr(2)], [cdr(1)], [cdr(3)]]
+    quarantined = metadata_db.fetch_one(
+        "SELECT line, reason, sealed FROM quarantine WHERE id = ?", outcomes[0].quarantined
+    )
+    assert quarantined is not None
+    assert (quarantined["line"], quarantined["reason"]) == (7, "bad time")
+    assert b"a raw line" not in bytes(quarantined["sealed"])
+    again = store.prepare_group([small])  # every record a duplicate now: nothing staged, nothing lost
+    with metadata_db.transaction() as tx:
+        assert [(o.accepted, o.duplicates) for o in store.stage_prepared(tx, again, T0)] == [(0, 1)]
+    assert len(metadata_db.fetch_all("SELECT seq FROM staged")) == 3
