@@ -149,10 +149,11 @@ _DATA_ROLES: Mapping[str, Mapping[int, _Role]] = {
     "TRANSFER": {0: _Role.NUMBER},
 }
 
+_UNIQUEID = r"\d{9,10}\.\d{1,9}"  # Asterisk uniqueid: epoch seconds "." channel counter
 _PROTECTED = re.compile(
     r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"  # UUID
     r"|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"  # ISO date-time
-    r"|(?<![\d.])\d{9,10}\.\d{1,9}(?![\d]|\.\d)"  # Asterisk uniqueid: epoch.counter
+    rf"|(?<![\d.]){_UNIQUEID}(?![\d]|\.\d)"  # Asterisk uniqueid
     r"|(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d]|\.\d)"  # IPv4
 )
 # A channel name's unique suffix: TECH/resource-0000001a (optionally ;1 / ;2 for Local channels).
@@ -161,6 +162,7 @@ _NUMBER_RUN = re.compile(r"(?<!\d)\+?\d(?:[ \-.()]{0,2}\d)*")
 _SEPARATORS = re.compile(r"[ \-.()]")
 _WHOLE_NUMBER = re.compile(r"\+?\d+")
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
+_WHOLE_UNIQUEID = re.compile(_UNIQUEID)
 
 
 def _protected_spans(text: str) -> list[tuple[int, int]]:
@@ -300,7 +302,12 @@ class Pseudonymiser:
         """KEEP for string ids: as is, unless the whole value reads as a phone number."""
         if text is None or digit_count_of(text) < MIN_NUMBER_DIGITS or _ASCII_LETTER.search(text):
             return text  # a letter survives the compaction below, so the value cannot be a whole number
-        compact = _SEPARATORS.sub("", text.strip())
+        stripped = text.strip()
+        if _WHOLE_UNIQUEID.fullmatch(stripped):
+            # An Asterisk uniqueid, protected as in SCRUB: without the dot its digits are a valid
+            # number in some numbering plans (DE, AT, IT, IN, AU...), and the id must stay joinable.
+            return text
+        compact = _SEPARATORS.sub("", stripped)
         if _WHOLE_NUMBER.fullmatch(compact) and to_e164(compact, self._ctx) is not None:
             return REDACTED
         return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -174,6 +175,15 @@ def test_tricky_lines_match_line_by_line(ctx: PbxContext) -> None:
     expected, got, rejects = both_paths(body_of(lines), ctx)
     assert len(rejects) >= 6
     assert_same(expected, got)
+
+
+@pytest.mark.parametrize("country", ["DE", "IT", "IN", "AU"])
+def test_uniqueids_stay_ids_where_their_digits_make_a_valid_number(country: str) -> None:
+    """``1743292800.17`` without its dot is a possible number in these plans; both paths keep it."""
+    expected, got, _ = both_paths(body_of(plain_lines(2000)), make_ctx(country=country))
+    assert_same(expected, got)
+    for name in ("call_id", "linked_id"):
+        assert all(re.fullmatch(r"1743292800\.\d+", value) for value in got.column(name).to_pylist())
 
 
 def test_lines_of_another_field_count_go_line_by_line() -> None:

@@ -321,3 +321,18 @@ def test_ids_are_kept_unless_they_are_a_phone_number(identifier: str, stored: st
     record = pseudonymise_cdr(raw, CTX, MemorySubjectTokens(), INGESTED_AT)
     assert record.call_id == stored
     assert record.linked_id == stored
+
+
+@pytest.mark.parametrize("country", ["GB", "DE", "AT", "IT", "IN", "AU", "US", "NL", "FR", "ES"])
+def test_asterisk_uniqueids_are_kept_in_every_numbering_plan(country: str) -> None:
+    """Without its dot a uniqueid is a valid number in some plans (DE, AT, IT, IN, AU): it stays an id."""
+    ctx = make_ctx(country=country)
+    for uniqueid in ("1741097109.18", "1712345678.42", "1741097109.1", "1741097109.123", " 1741097109.18 "):
+        record = pseudonymise_cdr(
+            _raw_cdr(call_id=uniqueid, linked_id=uniqueid), ctx, MemorySubjectTokens(), INGESTED_AT
+        )
+        assert (record.call_id, record.linked_id) == (uniqueid, uniqueid)
+    # a whole number where an id belongs is still redacted, in any plan and written with dots too
+    for number in ("+44 20 7946 0123", "+44.20.7946.0123", "+447700900123"):
+        record = pseudonymise_cdr(_raw_cdr(call_id=number), ctx, MemorySubjectTokens(), INGESTED_AT)
+        assert record.call_id == REDACTED
