@@ -172,6 +172,9 @@ class _TokenBatcher:
                 self._cond.notify_all()
 
 
+_Parsed = tuple[Kind, ParseResult[RawCdr] | ParseResult[RawAcdEvent]]
+
+
 class IngestService:
     """Turns a PBX's request body into staged, pseudonymised records."""
 
@@ -186,20 +189,25 @@ class IngestService:
     def _prepare(
         self, pbx: Pbx, source_format: str, body: bytes, content_type: str, tokens: SubjectTokens | None = None
     ) -> StageRequest:
-        """Parse and pseudonymise (CPU-bound; in a worker thread unless small and fully cached)."""
-        ctx = pbx_context(pbx)
+        """Parse and pseudonymise (CPU-bound; in a worker thread unless small)."""
         tokens = tokens or self._batcher
         if source_format == CSV_FORMAT and len(body) >= COLUMNAR_MIN_BYTES:
-            return self._prepare_csv(pbx, ctx, body, content_type, tokens)
-        result: ParseResult[RawCdr] | ParseResult[RawAcdEvent]
+            return self._prepare_csv(pbx, pbx_context(pbx), body, content_type, tokens)
+        return self._pseudonymise(pbx, source_format, self._parse(pbx, source_format, body, content_type), tokens)
+
+    @staticmethod
+    def _parse(pbx: Pbx, source_format: str, body: bytes, content_type: str) -> _Parsed:
+        """A body in one of the PBX formats, parsed into identifiable records and rejects."""
+        ctx = pbx_context(pbx)
         if source_format == QUEUE_LOG_STORE:
-            result = parse_queue_log_store(decode_form(body), ctx)
-            kind: Kind = "acd_event"
-        else:
-            result = PARSERS[source_format](body, content_type, ctx)
-            kind = FORMAT_TABLES[source_format]
+            return "acd_event", parse_queue_log_store(decode_form(body), ctx)
+        return FORMAT_TABLES[source_format], PARSERS[source_format](body, content_type, ctx)
+
+    def _pseudonymise(self, pbx: Pbx, source_format: str, parsed: _Parsed, tokens: SubjectTokens) -> StageRequest:
+        """Parsed records as pseudonymised lake rows, with their rejects: what staging takes."""
+        kind, result = parsed
         records: list[CdrRecord] | list[AcdEventRecord] = pseudonymise_all(
-            result.records, ctx, tokens, self._clock.now()
+            result.records, pbx_context(pbx), tokens, self._clock.now()
         )
         rejects = [Rejected(reject.line or 0, reject.reason, reject.raw) for reject in result.rejects]
         return StageRequest(kind, pbx.tenant, pbx.name, source_format, records, rejects)
@@ -250,13 +258,19 @@ class IngestService:
         return content_length is None or content_length >= COLUMNAR_MIN_BYTES
 
     async def prepare(self, pbx: Pbx, source_format: str, body: bytes, content_type: str) -> StageRequest:
-        """Parse and pseudonymise one request body (on the loop when small and cached, else in a thread)."""
-        if len(body) <= INLINE_BODY_BYTES:
-            try:
-                return self._prepare(pbx, source_format, body, content_type, self._cached_only)
-            except _TokenNotCachedError:
-                pass
-        return await asyncio.to_thread(self._prepare, pbx, source_format, body, content_type)
+        """Parse and pseudonymise one request body (on the loop when small, else in a thread).
+
+        A small body is parsed on the loop; it is pseudonymised there too when every token it needs is
+        in this node's cache, else in a worker thread that creates or loads the missing ones (the body
+        is not parsed again).
+        """
+        if len(body) > INLINE_BODY_BYTES:
+            return await asyncio.to_thread(self._prepare, pbx, source_format, body, content_type)
+        parsed = self._parse(pbx, source_format, body, content_type)
+        try:
+            return self._pseudonymise(pbx, source_format, parsed, self._cached_only)
+        except _TokenNotCachedError:
+            return await asyncio.to_thread(self._pseudonymise, pbx, source_format, parsed, self._batcher)
 
     async def stage(self, request: StageRequest) -> IngestResult:
         """Durably stage a prepared request (returns once committed)."""
