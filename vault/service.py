@@ -440,10 +440,14 @@ class RecordingUpload:
 class _EarlyWriteback:
     """Starts the disk writeback of a local blob while it grows, so that the commit's fsync is short.
 
-    ``POSIX_FADV_DONTNEED`` on the range written so far makes Linux write those pages out now, in the
-    background, and not keep them cached (nobody reads a blob right after storing it). Without it the
-    whole recording sits dirty in the page cache until the final fsync, which then waits for all of it.
-    A writer that is not a local file is left alone.
+    ``POSIX_FADV_DONTNEED`` makes Linux start writing dirty pages out now, in the background, and drops
+    the pages that are already clean. Each step it covers the whole blob written so far: the newest
+    range starts its writeback, the earlier ranges (written back by then) leave the page cache, which
+    therefore holds a few steps of a recording instead of all of it (nobody reads a blob right after
+    storing it). Measured here for 1 GiB: the cache grew by ~50 MB instead of 1 GiB, and writing cost
+    0.45 instead of 0.6 to 1.1 CPU-seconds (fresh page-cache pages cost more than reused ones on a VM).
+    Without any of it the whole recording sits dirty in the page cache until the final fsync, which
+    then waits for all of it. A writer that is not a local file is left alone.
     """
 
     STEP: Final = 8 * 1024 * 1024
@@ -451,7 +455,7 @@ class _EarlyWriteback:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._fd: int | None = None
-        self._started = 0
+        self._advanced = 0
         if hasattr(os, "posix_fadvise"):
             try:
                 self._fd = out.fileno()
@@ -463,15 +467,15 @@ class _EarlyWriteback:
         if self._fd is None:
             return
         end = self._out.tell()
-        if end - self._started < self.STEP:
+        if end - self._advanced < self.STEP:
             return
         try:
             self._out.flush()
-            os.posix_fadvise(self._fd, self._started, end - self._started, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self._fd, 0, end, os.POSIX_FADV_DONTNEED)
         except OSError:
             self._fd = None  # a filesystem that refuses: the final fsync does all the work, as before
             return
-        self._started = end
+        self._advanced = end
 
 
 class _UploadAbortedError(Exception):
