@@ -76,15 +76,18 @@ class Node:
         return sorted(pids)
 
     def stop(self) -> int:
-        """SIGTERM and the exit code; a node that does not stop in time is killed and its log printed."""
+        """SIGTERM and the exit code; the node's log is printed when it did not stop cleanly in time."""
+        started = time.monotonic()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                return self.process.wait(timeout=60)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                print("telgate serve did not stop in 60 s; its log:\n" + self.log.read_text(errors="replace")[-20_000:])
+        if self.process.returncode != 0:
+            print(f"telgate serve exited with {self.process.returncode} {time.monotonic() - started:.1f} s after "
+                  f"the stop; its log:\n" + self.log.read_text(errors="replace")[-20_000:])  # fmt: skip
         return self.process.returncode
 
 
