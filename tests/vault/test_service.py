@@ -7,6 +7,7 @@ here: what the service adds (metadata, duplicates, limits, the key store, shred,
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sqlite3
 import uuid
@@ -32,6 +33,7 @@ from vault.service import (
     RecordingShreddedError,
     RecordingTooLargeError,
     RecordingVault,
+    _EarlyWriteback,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::vault.keyring.SingleHostKeyringWarning")
@@ -380,3 +382,26 @@ def test_writer_sees_the_pieces_it_is_given(local: Parts) -> None:
         upload.write(b"z" * size)
     assert (upload.pieces, upload.largest_piece, upload.size) == (3, 300_000, 500_001)
     upload.abort()
+
+
+def test_early_writeback_covers_the_whole_blob_written_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step drops everything written so far: written-back pages leave the cache, the newest start writing.
+
+    Advising only the newest range (as before) hit dirty pages only, and every page of a recording
+    stayed in the page cache.
+    """
+    calls: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    step = _EarlyWriteback.STEP
+    with open(tmp_path / "blob", "wb") as out:
+        writeback = _EarlyWriteback(out)
+        for _ in range(5):  # 2.5 steps in half steps
+            out.write(bytes(step // 2))
+            writeback.advance()
+    assert calls == [(0, step, os.POSIX_FADV_DONTNEED), (0, 2 * step, os.POSIX_FADV_DONTNEED)]
