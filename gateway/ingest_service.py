@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("telgate.ingest")
 
 QUEUE_LOG_STORE = "queue-log-store"
-# Bodies up to this size are parsed and pseudonymised on the event loop when every subject token they
-# need is already in this node's cache: a FreeSWITCH CDR costs far less CPU than a hop to a worker
-# thread and back (about 50 us). Anything larger, or needing the database, goes to a worker thread.
+# Bodies up to this size are parsed on the event loop, and pseudonymised there too when every subject
+# token they need is already in this node's cache: a FreeSWITCH CDR costs far less CPU than a hop to a
+# worker thread and back (about 50 us). Larger bodies, and the pseudonymisation of small ones that need
+# the database, go to a worker thread.
 INLINE_BODY_BYTES = 32 * 1024
 # Large Master.csv bodies are parsed column-wise in pieces of about this size (~15,000 lines), which
 # bounds the Arrow buffers alive at once without costing throughput.
@@ -186,14 +187,12 @@ class IngestService:
         self._writer = writer
         self._clock = clock
 
-    def _prepare(
-        self, pbx: Pbx, source_format: str, body: bytes, content_type: str, tokens: SubjectTokens | None = None
-    ) -> StageRequest:
-        """Parse and pseudonymise (CPU-bound; in a worker thread unless small)."""
-        tokens = tokens or self._batcher
+    def _prepare(self, pbx: Pbx, source_format: str, body: bytes, content_type: str) -> StageRequest:
+        """Parse and pseudonymise a large body (CPU-bound: in a worker thread)."""
         if source_format == CSV_FORMAT and len(body) >= COLUMNAR_MIN_BYTES:
-            return self._prepare_csv(pbx, pbx_context(pbx), body, content_type, tokens)
-        return self._pseudonymise(pbx, source_format, self._parse(pbx, source_format, body, content_type), tokens)
+            return self._prepare_csv(pbx, pbx_context(pbx), body, content_type, self._batcher)
+        parsed = self._parse(pbx, source_format, body, content_type)
+        return self._pseudonymise(pbx, source_format, parsed, self._batcher)
 
     @staticmethod
     def _parse(pbx: Pbx, source_format: str, body: bytes, content_type: str) -> _Parsed:

@@ -165,10 +165,10 @@ class SqlSubjectTokens:
                 result[lookups.pop(lookup)] = token
 
     @staticmethod
-    def _stored(tx: Transaction | Database, tenant: str, lookups: list[str]) -> dict[str, str]:
+    def _stored(store: Transaction | Database, tenant: str, lookups: list[str]) -> dict[str, str]:
         """Stored tokens of some lookup hashes (at most ``_CHUNK``), by lookup hash."""
         placeholders = ", ".join("?" * len(lookups))
-        rows = tx.fetch_all(
+        rows = store.fetch_all(
             f"SELECT lookup, token FROM subjects WHERE tenant = ? AND lookup IN ({placeholders})",  # noqa: S608
             [tenant, *lookups],
         )
