@@ -93,6 +93,9 @@ def serve(config_file: Path | None, data: Path | None) -> None:
     Example:
       telgate serve --config /etc/telgate/telgate.toml
     """
+    # Before gateway.server is imported: importing it already allocates through Arrow's C++ default memory
+    # pool, which reads this variable once, at its first use (see gateway.server.tune_memory).
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from gateway.server import serve_forever
 
     serve_forever(settings_from(config_file, data))
