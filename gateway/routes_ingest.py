@@ -63,15 +63,25 @@ async def current_pbx(request: web.Request) -> Pbx:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body within the configured limit (413 above it, 400 when empty)."""
+    """The whole body within the configured limit (413 above it, 400 when empty).
+
+    Read here rather than with ``request.read()``, which keeps the body on the request until the answer
+    is sent: a large body can then be freed once parsed, while its records are still being staged.
+    """
     limit = request.app[GATEWAY].settings.ingest.max_body_bytes
+    too_large = PayloadTooLargeError(f"the body exceeds the {limit}-byte limit", details={"limit": limit})
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLargeError(f"the body exceeds the {limit}-byte limit", details={"limit": limit})
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLargeError(f"the body exceeds the {limit}-byte limit", details={"limit": limit}) from exc
-    if not body.strip():
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():  # decoded: a Content-Encoding is undone by aiohttp
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    del chunks
+    if not body or body.isspace():  # not strip(): that copies the whole body
         raise BadRequestError("the body is empty")
     return body
 

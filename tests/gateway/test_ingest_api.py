@@ -7,6 +7,8 @@ anywhere on disk.
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -164,6 +166,33 @@ async def test_oversized_body_is_413(http: aiohttp.ClientSession, node: RunningS
     ) as response:
         assert response.status == 413
         assert (await response.json())["error"]["code"] == "payload_too_large"
+
+
+async def test_oversized_chunked_body_is_413(http: aiohttp.ClientSession, node: RunningServer, dpo_token: str) -> None:
+    """Without a Content-Length the limit is enforced while reading."""
+    token = await pbx_token(http, node, dpo_token)
+    limit = node.gateway.settings.ingest.max_body_bytes
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(limit // 65_536 + 2):
+            yield b"x" * 65_536
+
+    async with http.post(
+        f"{node.url}/v1/cdr/asterisk-csv", data=chunks(), headers={**auth(token), "Content-Type": "text/csv"}
+    ) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "payload_too_large"
+
+
+async def test_compressed_body_is_read_decoded(
+    http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
+) -> None:
+    token = await pbx_token(http, node, dpo_token)
+    body = (VECTORS / "freeswitch/a_leg.json").read_bytes()
+    headers = {**auth(token), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with http.post(f"{node.url}/v1/cdr/freeswitch-json", data=gzip.compress(body), headers=headers) as response:
+        assert response.status == 202, await response.text()
+        assert (await response.json())["accepted"] == expected_counts("freeswitch-json", body, "application/json")[0]
 
 
 async def test_rejects_are_quarantined_sealed(
