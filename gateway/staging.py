@@ -97,6 +97,16 @@ MIGRATIONS: Migrations = [
             "CREATE INDEX quarantine_received ON quarantine(received_at)",
         ],
     ),
+    (
+        2,
+        [
+            # The flusher asks every second when the oldest staged row of each kind arrived: this index
+            # answers alone. Read from the table, staged_at comes after the payload, so SQLite walked
+            # every staged payload's overflow pages to find it (16 ms with four Master.csv batches staged).
+            "CREATE INDEX staged_kind_time ON staged(kind, seq, staged_at)",
+            "DROP INDEX staged_kind",
+        ],
+    ),
 ]
 
 Kind = Literal["cdr", "acd_event"]
@@ -415,8 +425,12 @@ class StagingStore:
         return seqs[-1], pa.concat_tables(tables)
 
     def oldest_staged_at(self, kind: str) -> datetime | None:
-        """When the oldest staged row of ``kind`` arrived."""
-        row = self._db.fetch_one("SELECT MIN(staged_at) AS t FROM staged WHERE kind = ?", (kind,))
+        """When the oldest staged row of ``kind`` (the lowest seq, the next to be flushed) arrived.
+
+        Rows are numbered in commit order under the node's write lock; their times come from each
+        process's clock, so in theory they may differ by a clock's skew between processes.
+        """
+        row = self._db.fetch_one("SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1", (kind,))
         if row is None or row["t"] is None:
             return None
         return datetime.strptime(str(row["t"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -106,3 +106,20 @@ def test_a_group_prepared_before_its_transaction_stages_only_what_is_still_new(
     with metadata_db.transaction() as tx:
         assert [(o.accepted, o.duplicates) for o in store.stage_prepared(tx, again, T0)] == [(0, 1)]
     assert len(metadata_db.fetch_all("SELECT seq FROM staged")) == 3
+
+
+def test_the_oldest_staged_row_is_found_from_the_index_alone(store: StagingStore, metadata_db: Database) -> None:
+    assert store.oldest_staged_at("cdr") is None
+    for n, moment in enumerate((T0, T0 + timedelta(seconds=30), T0 + timedelta(minutes=1))):
+        with metadata_db.transaction() as tx:
+            store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(n)]), moment)
+    assert store.oldest_staged_at("cdr") == T0
+    assert store.oldest_staged_at("acd_event") is None
+    seq, _ = store.batch("cdr", 1)
+    store.delete_through("cdr", seq)
+    assert store.oldest_staged_at("cdr") == T0 + timedelta(seconds=30)
+    if metadata_db.dialect == "sqlite":  # the table's rows (and their payloads) are not read
+        plan = metadata_db.fetch_all(
+            "EXPLAIN QUERY PLAN SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1", ("cdr",)
+        )
+        assert any("COVERING INDEX staged_kind_time" in str(row["detail"]) for row in plan), plan
