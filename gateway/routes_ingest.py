@@ -67,23 +67,33 @@ async def read_body(request: web.Request) -> bytes:
 
     Read here rather than with ``request.read()``, which keeps the body on the request until the answer
     is sent: a large body can then be freed once parsed, while its records are still being staged.
+    The stream is aiohttp's decoded one (a Content-Encoding is undone).
     """
     limit = request.app[GATEWAY].settings.ingest.max_body_bytes
-    too_large = PayloadTooLargeError(f"the body exceeds the {limit}-byte limit", details={"limit": limit})
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():  # decoded: a Content-Encoding is undone by aiohttp
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    del chunks
+        raise _too_large(limit)
+    content = request.content
+    if content.is_eof():  # the usual small body: it came with the headers, read it in one call
+        body = content.read_nowait()
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        del chunks
+    if len(body) > limit:
+        raise _too_large(limit)
     if not body or body.isspace():  # not strip(): that copies the whole body
         raise BadRequestError("the body is empty")
     return body
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"the body exceeds the {limit}-byte limit", details={"limit": limit})
 
 
 def _handler(source_format: str) -> Callable[[web.Request], Awaitable[web.Response]]:
