@@ -22,6 +22,8 @@ Usage::
     row durable in staging), then until ``POST /v1/admin/ingest/flush`` returns (every row in the lake).
     The lake is then opened read-only from this process to count the rows.
 Memory: the gateway's VmRSS is sampled every 50 ms from /proc for the whole run; VmHWM at the end.
+Steal: each measured run is printed with the share of the machine's CPU time that went to other guests
+of the hypervisor meanwhile (``steal`` in /proc/stat), which moves rates on a shared VM.
 
 Everything runs on loopback; the load generator and the gateway share the machine's cores, which the
 report says. Work files live in a temp dir under ``bench/out/`` and are removed afterwards. Exit code 1
@@ -114,6 +116,21 @@ def proc_cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / TICKS
     return total
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far (/proc/stat): user, nice, system, idle, iowait, irq, softirq, steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """Share of the machine's CPU time the hypervisor gave to others (steal) between two ``cpu_ticks``.
+
+    On a shared VM this moves every rate of a run: 22 % of the time went to steal during one of the
+    (a) runs recorded in docs/BENCHMARKS.md, so each figure is printed with it.
+    """
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return delta[7] / sum(delta) if sum(delta) else 0.0
 
 
 def proc_pss(pid: int) -> int:
@@ -526,6 +543,7 @@ class LoadResult:
     max_ms: float
     server_cpu_s: float
     generator_cpu_s: float
+    steal: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -541,8 +559,10 @@ def run_wrk(
     cpu_before = proc_cpu_seconds(server_pid)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
     command += ["-s", str(script), url, "--", str(prefix), token]
+    ticks = cpu_ticks()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = process.communicate(timeout=seconds + 120)
+    steal = steal_share(ticks, cpu_ticks())
     server_cpu = proc_cpu_seconds(server_pid) - cpu_before
     line = next((x for x in stdout.decode().splitlines() if x.startswith("BENCHJSON ")), None)
     if line is None:
@@ -552,7 +572,7 @@ def run_wrk(
     return LoadResult(
         target, f"wrk -t{threads}", connections, int(data["requests"]), data["duration_us"] / 1e6, errors,
         data["p50_us"] / 1000, data["p90_us"] / 1000, data["p99_us"] / 1000, data["max_us"] / 1000,
-        server_cpu, _children_cpu_delta(),
+        server_cpu, _children_cpu_delta(), steal,
     )  # fmt: skip
 
 
@@ -607,6 +627,7 @@ def run_aiohttp_load(
     """Drive ``url`` with ``processes`` aiohttp client processes sharing ``connections``."""
     cpu_before = proc_cpu_seconds(server_pid)
     per_process = max(1, connections // processes)
+    ticks = cpu_ticks()
     workers = [
         subprocess.Popen(
             [
@@ -629,6 +650,7 @@ def run_aiohttp_load(
         for i in range(processes)
     ]
     outputs = [json.loads(worker.communicate(timeout=seconds + 120)[0]) for worker in workers]
+    steal = steal_share(ticks, cpu_ticks())
     server_cpu = proc_cpu_seconds(server_pid) - cpu_before
     latencies = sorted(x for out in outputs for x in out["latencies"])
     elapsed = max(out["seconds"] for out in outputs)
@@ -639,6 +661,7 @@ def run_aiohttp_load(
     return LoadResult(
         target, f"aiohttp x{processes}", per_process * processes, len(latencies), elapsed,
         sum(out["errors"] for out in outputs), pct(50), pct(90), pct(99), pct(100), server_cpu, _children_cpu_delta(),
+        steal,
     )  # fmt: skip
 
 
@@ -751,6 +774,7 @@ class PyarrowBaseline:
     read_seconds: float
     write_seconds: float
     rows: int
+    steal: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -770,12 +794,13 @@ def pyarrow_baseline(path: Path, out: Path) -> PyarrowBaseline:
 
     best: PyarrowBaseline | None = None
     for _ in range(2):
+        ticks = cpu_ticks()
         started = time.perf_counter()
         table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=list(CSV_COLUMNS)))
         parsed = time.perf_counter()
         pq.write_table(table, out, compression="zstd")
         written = time.perf_counter()
-        run = PyarrowBaseline(parsed - started, written - parsed, table.num_rows)
+        run = PyarrowBaseline(parsed - started, written - parsed, table.num_rows, steal_share(ticks, cpu_ticks()))
         del table
         out.unlink()
         if best is None or run.seconds < best.seconds:
@@ -798,6 +823,7 @@ class CsvResult:
     lake_rows: int
     server_cpu_s: float
     batch_seconds: list[float] = field(default_factory=list)
+    steal: float = 0.0  # while the POSTs were answered
 
     @property
     def ack_rate(self) -> float:
@@ -872,9 +898,11 @@ def run_csv(gateway: GatewayProcess, path: Path, args: argparse.Namespace, rows:
     """POST the file in batches, then flush; times for both."""
     batches = read_batches(path, args.batch_lines)
     cpu_before = proc_cpu_seconds(gateway.pid)
+    ticks = cpu_ticks()
     started = time.perf_counter()
     answers, timings = asyncio.run(_post_batches(gateway.url, gateway.pbx_token, batches, args.concurrency))
     acked = time.perf_counter()
+    steal = steal_share(ticks, cpu_ticks())
     flushed = gateway.flush()
     done = time.perf_counter()
     server_cpu = proc_cpu_seconds(gateway.pid) - cpu_before
@@ -890,6 +918,7 @@ def run_csv(gateway: GatewayProcess, path: Path, args: argparse.Namespace, rows:
         lake_rows=-1,
         server_cpu_s=server_cpu,
         batch_seconds=timings,
+        steal=steal,
     )
 
 
@@ -914,7 +943,7 @@ def print_load(result: LoadResult) -> None:
         f"    {result.target:<8} {result.rate:9.0f} req/s  {result.requests:8d} posts in {result.seconds:5.1f} s  "
         f"errors {result.errors}  p50 {result.p50_ms:6.2f} ms  p90 {result.p90_ms:6.2f} ms  "
         f"p99 {result.p99_ms:6.2f} ms  max {result.max_ms:7.1f} ms  "
-        f"CPU s: server {result.server_cpu_s:5.1f}, generator {result.generator_cpu_s:5.1f}"
+        f"CPU s: server {result.server_cpu_s:5.1f}, generator {result.generator_cpu_s:5.1f}; steal {result.steal:.0%}"
     )
 
 
@@ -1078,10 +1107,12 @@ class Report:
         print(f"(b) Master.csv, {csv.rows} lines ({self.csv_bytes / 1e6:.0f} MB), {csv.batches} POSTs of "
               f"{args.batch_lines} lines, {args.concurrency} in flight:")  # fmt: skip
         print(f"    pyarrow read_csv {baseline.read_seconds:.2f} s + write_table(zstd) {baseline.write_seconds:.2f} s "
-              f"= {baseline.seconds:.2f} s -> {baseline.rate:,.0f} rows/s (best of 2)")  # fmt: skip
+              f"= {baseline.seconds:.2f} s -> {baseline.rate:,.0f} rows/s "
+              f"(best of 2; steal {baseline.steal:.0%})")  # fmt: skip
         print(f"    telgate: every POST acknowledged after {csv.ack_seconds:.2f} s -> {csv.ack_rate:,.0f} rows/s "
               f"(slowest POST {max(csv.batch_seconds):.2f} s); flush to the lake +{csv.flush_seconds:.2f} s "
-              f"-> {csv.lake_rate:,.0f} rows/s into the lake; server CPU {csv.server_cpu_s:.1f} s")  # fmt: skip
+              f"-> {csv.lake_rate:,.0f} rows/s into the lake; server CPU {csv.server_cpu_s:.1f} s; "
+              f"steal {csv.steal:.0%} until the last 202")  # fmt: skip
         print(f"    accepted {csv.accepted}, duplicates {csv.duplicates}, rejected {csv.rejected}, "
               f"Master.csv rows in the lake {csv.lake_rows} ({'ok' if complete else 'MISMATCH'})")  # fmt: skip
         print(f"    telgate {csv.ack_rate:,.0f} rows/s (target >= {args.min_csv_rate:,.0f}: {_verdict(rate_ok)}); "
