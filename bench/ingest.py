@@ -38,26 +38,25 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+# Imported while this directory is still on sys.path (standard library only, see its docstring).
+from telgate_node import TICKS, TelgateNode, free_port, stop_process, wait_for_port
+
 # This script is itself named ``ingest.py``: drop its directory from sys.path so that ``import ingest``
 # finds the package, not this file.
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != Path(__file__).resolve().parent]
 
 SCRIPT = Path(__file__).resolve()
-TICKS = os.sysconf("SC_CLK_TCK")
 CSV_COLUMNS = (
     "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
     "start", "answer", "end", "duration", "billsec", "disposition", "amaflags",
@@ -72,12 +71,6 @@ DRAMA_PREFIXES = (
 
 
 # ------------------------------------------------------------------------------------------ processes
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def proc_status(pid: int, name: str) -> int:
@@ -178,85 +171,12 @@ class TreeMemory:
                 f"largest process {self.largest / 1e6:.0f} MB")  # fmt: skip
 
 
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-class GatewayProcess:
-    """A real ``telgate serve`` subprocess on loopback with its own data directory, a customer and a PBX."""
-
-    def __init__(self, workdir: Path, settings: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.data = workdir / "var"
-        telgate = str(Path(sys.executable).with_name("telgate"))
-        self.http_port, sftp_port = _free_port(), _free_port()
-        self.env = (
-            {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")}
-            | {
-                "TELGATE_SERVER_HTTP_PORT": str(self.http_port),
-                "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
-                "TELGATE_CLI_CONFIG_DIR": str(workdir / "cli"),
-            }
-            | (settings or {})
-        )
-        init = subprocess.run(
-            [telgate, "init", "--data", str(self.data), "--json"],
-            env=self.env, capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        password = json.loads(init.stdout)["first_dpo"]["password"]
-        self._log = open(workdir / "serve.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [telgate, "serve", "--data", str(self.data)], env=self.env, stdout=subprocess.PIPE, stderr=self._log
-        )
-        assert self.process.stdout is not None
-        ready = self.process.stdout.readline().decode()
-        if "serving" not in ready:
-            self.stop()
-            raise RuntimeError(f"telgate serve did not start: {ready!r}; see {workdir / 'serve.log'}")
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.session = str(self._admin("POST", "/v1/auth/login", {"user": "dpo", "password": password})["token"])
-        self._admin("POST", "/v1/admin/customers", {"tenant": "bench", "name": "Bench Ltd"}, self.session)
-        pbx = {"name": "bench-pbx", "tenant": "bench", "timezone": "Europe/London", "country": "GB"}
-        self.pbx_token = str(self._admin("POST", "/v1/admin/pbxs", pbx, self.session)["token"])
-
-    def _admin(
-        self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None
-    ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - loopback http
-            return dict(json.loads(response.read()))
+class GatewayProcess(TelgateNode):
+    """``TelgateNode`` with the admin flush this benchmark times."""
 
     def flush(self) -> dict[str, Any]:
         """Flush everything staged to the lake (admin endpoint); its answer."""
-        return self._admin("POST", "/v1/admin/ingest/flush", None, self.session)
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        return self.process.pid
-
-    def stop(self) -> None:
-        """SIGTERM the server and wait for it."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
+        return self.admin("POST", "/v1/admin/ingest/flush")
 
 
 class NoopServer:
@@ -267,11 +187,11 @@ class NoopServer:
     """
 
     def __init__(self, processes: int = 1, loop: str = "asyncio") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.label = f"no-op {processes}x{loop}"
         command = [sys.executable, str(SCRIPT), "noop-server", "--port", str(self.port), "--loop", loop]
         self.process = subprocess.Popen([*command, "--processes", str(processes)])  # starts the others itself
-        _wait_for_port(self.port)
+        wait_for_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     @property
@@ -281,13 +201,7 @@ class NoopServer:
 
     def stop(self) -> None:
         """SIGTERM the servers and wait for them."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 30)
 
 
 def run_noop_server(port: int, loop: str, processes: int) -> None:

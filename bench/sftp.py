@@ -42,35 +42,19 @@ import platform
 import re
 import select
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from telgate_node import TICKS, TelgateNode, free_port, parse_size
+
 BLOCK = 1024 * 1024
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 RUN_TIMEOUT = 170  # seconds: one sftp process
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """Parse ``256MiB``, ``1MB`` or a plain byte count."""
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
-    if match is None or match.group(2).upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cpu_seconds(pid: int, *, children: bool = False) -> float:
@@ -79,7 +63,7 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     ticks = int(fields[11]) + int(fields[12])
     if children:
         ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return ticks / TICKS
 
 
 def wait_reaped(pid: int, timeout: float = 10.0) -> None:
@@ -123,46 +107,11 @@ class Timing:
 # --- the two servers ------------------------------------------------------------------------------
 
 
-class Telgate:
-    """``telgate serve`` in a subprocess with a customer tenant, a PBX and a DPO session."""
+class Telgate(TelgateNode):
+    """``telgate serve`` (``TelgateNode``) that takes recordings of any size and releases them over SFTP."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        telgate = str(Path(sys.executable).with_name("telgate"))
-        self.http_port, self.sftp_port = _free_port(), _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")} | {
-            "TELGATE_SERVER_HTTP_PORT": str(self.http_port),
-            "TELGATE_SERVER_SFTP_PORT": str(self.sftp_port),
-            "TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40),
-        }
-        data = workdir / "var"
-        init = subprocess.run(
-            [telgate, "init", "--data", str(data), "--json"],
-            env=env, capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        password = json.loads(init.stdout)["first_dpo"]["password"]
-        self._log = open(workdir / "serve.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [telgate, "serve", "--data", str(data)], env=env, stdout=subprocess.PIPE, stderr=self._log
-        )
-        assert self.process.stdout is not None
-        ready = self.process.stdout.readline().decode()
-        if "serving" not in ready:
-            self.stop()
-            raise RuntimeError(f"telgate serve did not start: {ready!r}; see {workdir / 'serve.log'}")
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.token = self.admin("POST", "/v1/auth/login", {"user": "dpo", "password": password})["token"]
-        self.admin("POST", "/v1/admin/customers", {"tenant": "bench", "name": "Bench Ltd"})
-        self.pbx_token = self.admin("POST", "/v1/admin/pbxs", {"name": "bench-pbx", "tenant": "bench"})["token"]
-
-    def admin(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One admin API call with the DPO's session."""
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        if getattr(self, "token", None):
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - loopback http
-            return dict(json.loads(response.read()))
+        super().__init__(workdir, {"TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40)})
 
     def upload(self, files: dict[str, Path], concurrency: int = 4) -> list[str]:
         """PUT each file (call id -> path) as a PBX; the recording ids, in order."""
@@ -202,19 +151,6 @@ class Telgate:
         """A release of these recordings: the credential."""
         return self.admin("POST", "/v1/admin/releases", {"tenant": "bench", "recordings": recording_ids})
 
-    def stop(self) -> None:
-        """SIGTERM the server and wait for it."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
-
 
 class OpenSshServer:
     """A private sshd on a loopback port, key authentication only, OpenSSH's sftp-server."""
@@ -233,7 +169,7 @@ class OpenSshServer:
         (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
         self.client_key = self.dir / "client_key"
         self.user = getpass.getuser()
-        self.port = _free_port()
+        self.port = free_port()
         config = self.dir / "sshd_config"
         config.write_text(
             "\n".join(

@@ -25,21 +25,19 @@ filesystem as the checkout) and are removed afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+# Imported while this directory is still on sys.path (standard library only, see its docstring).
+from telgate_node import TelgateNode, free_port, parse_size, process_cpu_seconds, stop_process
 
 # This script is itself named ``vault.py``: drop its directory from sys.path so that ``import vault``
 # finds the package, not this file.
@@ -49,7 +47,6 @@ from vault.blobs import LocalBlobStore  # noqa: E402
 from vault.envelope import DEFAULT_CHUNK_SIZE, EnvelopeWriter, new_data_key  # noqa: E402
 
 BLOCK = 1024 * 1024
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,6 @@ class Measurement:
     def mb_per_s(self) -> float:
         """Throughput in MB/s (10^6 bytes per second)."""
         return self.size / self.seconds / 1e6
-
-
-def parse_size(text: str) -> int:
-    """Parse ``1GiB``, ``512MiB``, ``100MB`` or a plain byte count."""
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
-    if match is None or match.group(2).upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
 def make_source(path: Path, size: int) -> None:
@@ -164,8 +153,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far (all its threads)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def upload(self, call_id: str, source: Path, times: int = 1) -> tuple[float, dict[str, object]]:
         """PUT ``source`` (``times`` over, as one body) with aiohttp; seconds taken and the server's answer."""
@@ -202,60 +190,14 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGTERM the server and wait for it."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
+        stop_process(self.process, 60, pipes=(self.process.stdout, self._log))
 
 
-class GatewayProcess(ServerProcess):
-    """A real ``telgate serve`` subprocess on loopback with its own data directory, a customer and a PBX."""
+class GatewayProcess(TelgateNode, ServerProcess):
+    """``telgate serve`` (``TelgateNode``) that takes recordings of any size."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.data = workdir / "var"
-        telgate = str(Path(sys.executable).with_name("telgate"))
-        self.http_port, sftp_port = _free_port(), _free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TELGATE_")} | {
-            "TELGATE_SERVER_HTTP_PORT": str(self.http_port),
-            "TELGATE_SERVER_SFTP_PORT": str(sftp_port),
-            "TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40),
-            "TELGATE_CLI_CONFIG_DIR": str(workdir / "cli"),
-        }
-        init = subprocess.run(
-            [telgate, "init", "--data", str(self.data), "--json"],
-            env=self.env, capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        password = json.loads(init.stdout)["first_dpo"]["password"]
-        self._log = open(workdir / "serve.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [telgate, "serve", "--data", str(self.data)], env=self.env, stdout=subprocess.PIPE, stderr=self._log
-        )
-        assert self.process.stdout is not None
-        ready = self.process.stdout.readline().decode()
-        if "serving" not in ready:
-            self.stop()
-            raise RuntimeError(f"telgate serve did not start: {ready!r}; see {workdir / 'serve.log'}")
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        session = self._admin("POST", "/v1/auth/login", {"user": "dpo", "password": password})["token"]
-        self._admin("POST", "/v1/admin/customers", {"tenant": "bench", "name": "Bench Ltd"}, session)
-        self.pbx_token = self._admin("POST", "/v1/admin/pbxs", {"name": "bench-pbx", "tenant": "bench"}, session)[
-            "token"
-        ]
-
-    def _admin(self, method: str, path: str, body: dict[str, str], token: str | None = None) -> dict[str, str]:
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback http
-            return dict(json.loads(response.read()))
+        super().__init__(workdir, {"TELGATE_VAULT_MAX_RECORDING_BYTES": str(2**40)})
 
 
 _DISCARD_SERVER = """
@@ -285,7 +227,7 @@ class DiscardServer(ServerProcess):
     """A bare aiohttp server that reads and drops the body: the ceiling of HTTP on this machine."""
 
     def __init__(self, workdir: Path) -> None:
-        self.http_port = _free_port()
+        self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.pbx_token = "unused"
         self._log = open(workdir / "discard.log", "wb")  # closed in stop()
@@ -296,12 +238,6 @@ class DiscardServer(ServerProcess):
         if "serving" not in self.process.stdout.readline().decode():
             self.stop()
             raise RuntimeError("the discard server did not start")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def measure_http_upload(source: Path, gateway: ServerProcess, run: int, name: str) -> tuple[Measurement, float]:
