@@ -50,7 +50,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 # Imported while this directory is still on sys.path (standard library only, see its docstring).
-from telgate_node import TICKS, TelgateNode, free_port, stop_process, wait_for_port
+from telgate_node import TICKS, TelgateNode, cpu_ticks, free_port, steal_share, stop_process, wait_for_port
 
 # This script is itself named ``ingest.py``: drop its directory from sys.path so that ``import ingest``
 # finds the package, not this file.
@@ -109,21 +109,6 @@ def proc_cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / TICKS
     return total
-
-
-def cpu_ticks() -> list[int]:
-    """The machine's CPU time so far (/proc/stat): user, nice, system, idle, iowait, irq, softirq, steal."""
-    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-
-
-def steal_share(before: list[int], after: list[int]) -> float:
-    """Share of the machine's CPU time the hypervisor gave to others (steal) between two ``cpu_ticks``.
-
-    On a shared VM this moves every rate of a run: 22 % of the time went to steal during one of the
-    (a) runs recorded in docs/BENCHMARKS.md, so each figure is printed with it.
-    """
-    delta = [b - a for a, b in zip(before, after, strict=True)]
-    return delta[7] / sum(delta) if sum(delta) else 0.0
 
 
 def proc_pss(pid: int) -> int:

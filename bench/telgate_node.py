@@ -66,6 +66,21 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float, *, pipes: tup
             pipe.close()
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far (/proc/stat): user, nice, system, idle, iowait, irq, softirq, steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """Share of the machine's CPU time the hypervisor gave to others (steal) between two ``cpu_ticks``.
+
+    On a shared VM this moves every rate of a run (22 % of the time went to steal during one ingest
+    run recorded in docs/BENCHMARKS.md), so the benchmarks print it next to their figures.
+    """
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return delta[7] / sum(delta) if sum(delta) else 0.0
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
