@@ -109,6 +109,9 @@ MIGRATIONS: Migrations = [
     ),
 ]
 
+# Answered from the index staged_kind_time alone (migration 2).
+OLDEST_STAGED_SQL = "SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1"
+
 Kind = Literal["cdr", "acd_event"]
 KINDS: tuple[Kind, ...] = ("cdr", "acd_event")
 Record = CdrRecord | AcdEventRecord
@@ -430,7 +433,7 @@ class StagingStore:
         Rows are numbered in commit order under the node's write lock; their times come from each
         process's clock, so in theory they may differ by a clock's skew between processes.
         """
-        row = self._db.fetch_one("SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1", (kind,))
+        row = self._db.fetch_one(OLDEST_STAGED_SQL, (kind,))
         if row is None or row["t"] is None:
             return None
         return datetime.strptime(str(row["t"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.staging import (
+    OLDEST_STAGED_SQL,
     Rejected,
     StageRequest,
     StagingStore,
@@ -119,7 +120,5 @@ def test_the_oldest_staged_row_is_found_from_the_index_alone(store: StagingStore
     store.delete_through("cdr", seq)
     assert store.oldest_staged_at("cdr") == T0 + timedelta(seconds=30)
     if metadata_db.dialect == "sqlite":  # the table's rows (and their payloads) are not read
-        plan = metadata_db.fetch_all(
-            "EXPLAIN QUERY PLAN SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1", ("cdr",)
-        )
+        plan = metadata_db.fetch_all("EXPLAIN QUERY PLAN " + OLDEST_STAGED_SQL, ("cdr",))
         assert any("COVERING INDEX staged_kind_time" in str(row["detail"]) for row in plan), plan
