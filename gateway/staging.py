@@ -44,7 +44,7 @@ import operator
 import queue
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -109,6 +109,7 @@ MIGRATIONS: Migrations = [
     ),
 ]
 
+_SCAN_PAYLOADS = 16  # staged payloads read at once by ``StagingStore.scan`` (a payload: up to ~50,000 rows)
 # Answered from the index staged_kind_time alone (migration 2).
 OLDEST_STAGED_SQL = "SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1"
 
@@ -426,6 +427,28 @@ class StagingStore:
             ):
                 tables.append(decode_table(kind, bytes(row["payload"])))
         return seqs[-1], pa.concat_tables(tables)
+
+    def scan(self, kind: Kind, matching: Callable[[pa.Table], pa.Array]) -> pa.Table:
+        """Staged rows of ``kind`` (not in the lake yet) where ``matching(payload table)`` is true.
+
+        Payloads are read a few at a time, so memory follows the matches, not the backlog. A row the
+        flusher moves meanwhile is either read here or already in the lake (it is appended there before
+        it is deleted here): callers that want every row read staging first, then the lake.
+        """
+        seqs = [int(row["seq"]) for row in self._db.fetch_all(
+            "SELECT seq FROM staged WHERE kind = ? ORDER BY seq", (kind,)
+        )]  # fmt: skip
+        found = [SCHEMAS[kind].empty_table()]
+        for first in range(0, len(seqs), _SCAN_PAYLOADS):
+            chunk = seqs[first : first + _SCAN_PAYLOADS]
+            placeholders = ", ".join("?" * len(chunk))
+            for row in self._db.fetch_all(
+                f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only
+                chunk,
+            ):
+                table = decode_table(kind, bytes(row["payload"]))
+                found.append(table.filter(matching(table)))
+        return pa.concat_tables(found)
 
     def oldest_staged_at(self, kind: str) -> datetime | None:
         """When the oldest staged row of ``kind`` (the lowest seq, the next to be flushed) arrived.

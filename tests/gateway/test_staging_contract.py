@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from gateway.db import Database
@@ -122,3 +124,18 @@ def test_the_oldest_staged_row_is_found_from_the_index_alone(store: StagingStore
     if metadata_db.dialect == "sqlite":  # the table's rows (and their payloads) are not read
         plan = metadata_db.fetch_all("EXPLAIN QUERY PLAN " + OLDEST_STAGED_SQL, ("cdr",))
         assert any("COVERING INDEX staged_kind_time" in str(row["detail"]) for row in plan), plan
+
+
+def test_scan_finds_matching_staged_rows_until_they_are_flushed(store: StagingStore, metadata_db: Database) -> None:
+    for group in ([cdr(1), cdr(2)], [cdr(3)], [cdr(4), cdr(5)]):
+        with metadata_db.transaction() as tx:
+            store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", group), T0)
+
+    def odd_calls(table: pa.Table) -> pa.Array:
+        return pc.is_in(table["call_id"], value_set=pa.array(["c1", "c3", "c5"]))
+
+    assert store.scan("cdr", odd_calls).column("call_id").to_pylist() == ["c1", "c3", "c5"]
+    assert store.scan("acd_event", lambda table: pc.equal(table["pbx"], "pbx1")).num_rows == 0
+    seq, _ = store.batch("cdr", 2)  # the first group goes to the lake
+    store.delete_through("cdr", seq)
+    assert store.scan("cdr", odd_calls).column("call_id").to_pylist() == ["c3", "c5"]
