@@ -30,12 +30,12 @@ A credential is dead once every recording is collected, on expiry and on revocat
 replaces the credential of a release that still has recordings to collect (a broken session, an
 expired credential, a customer on a new address): the old one is revoked, the new one unclaimed.
 
-Recording time in file names: the call's start time when the CDR lake knows the call (its
-``call_id`` or ``linked_id`` equals the recording's call id), else the time the recording was
-received. Restricted subjects: recordings carry no subject link of their own; the link is the CDR of
-the same call, whose parties are subject tokens. A recording whose call has a restricted party is
-refused (409), at ``create`` and again at ``reissue``. A recording whose CDR is not in the lake (not
-flushed yet, or never sent) cannot be checked, and is released.
+Recording time in file names: the call's start time when a CDR of the call is known, staged or in
+the lake (its ``call_id`` or ``linked_id`` equals the recording's call id), else the time the
+recording was received. Restricted subjects: recordings carry no subject link of their own; the link
+is the CDR of the same call, whose parties are subject tokens. A recording whose call has a restricted
+party is refused (409), at ``create`` and again at ``reissue``. A recording whose CDR was never sent
+cannot be checked, and is released.
 
 Tables (component ``releases``)::
 
@@ -54,11 +54,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from gateway.audit import AuditTrail, Clock
 from gateway.db import Database, Migrations, Row, Transaction, parse_utc, utc_text
 from gateway.errors import BadRequestError, ConflictError, NotFoundError
 from gateway.security import LoginThrottle, PasswordHashing, new_password
 from gateway.settings import ReleaseSettings
+from gateway.staging import StagingStore
 from vault.errors import RecordingNotFoundError
 from vault.service import Recording, RecordingVault
 from vault.sftp import RecordingReader, ReleasedFile, ReleaseGate
@@ -201,38 +205,56 @@ class NoCallDirectory:
         return {}
 
 
-class LakeCallDirectory:
-    """Call facts from the CDR lake: the earliest start of the call's legs, and restricted parties."""
+class CdrCallDirectory:
+    """Call facts from the CDRs, staged and in the lake: the earliest start of the call's legs, and
+    restricted parties. A CDR counts from its 202 on, not only once the flusher has moved it."""
 
-    def __init__(self, lake: Callable[[], IcebergLake], db: Database) -> None:
+    def __init__(self, lake: Callable[[], IcebergLake], staging: StagingStore, db: Database) -> None:
         """``lake`` opens the lake when first called (``LakeHandle.get``)."""
         self._lake = lake
+        self._staging = staging
         self._db = db
 
     def calls(self, tenant: str, call_ids: Sequence[str]) -> dict[str, CallFacts]:
-        """Facts for the call ids the lake has CDRs for (by ``call_id`` or ``linked_id``)."""
+        """Facts for the call ids that CDRs are known for (by ``call_id`` or ``linked_id``)."""
         from pyiceberg.expressions import And, EqualTo, In, Or, Reference  # with the lake, on first use
         from pyiceberg.expressions.literals import literal
 
         wanted = list(dict.fromkeys(call_ids))
         wanted_set = set(wanted)
-        starts: dict[str, datetime] = {}
-        parties: dict[str, set[str]] = {}
+        columns = ["call_id", "linked_id", "start_at", "caller", "caller_kind", "callee", "callee_kind"]
+        # Staging first, then the lake: a batch the flusher moves meanwhile is in one or the other.
+        wanted_array = pa.array(wanted, pa.string())
+        rows = self._staging.scan(
+            "cdr",
+            lambda table: pc.fill_null(
+                pc.and_(
+                    pc.equal(table["tenant"], tenant),
+                    pc.or_(
+                        pc.is_in(table["call_id"], value_set=wanted_array),
+                        pc.is_in(table["linked_id"], value_set=wanted_array),
+                    ),
+                ),
+                False,
+            ),
+        ).select(columns).to_pylist()
         for first in range(0, len(wanted), _CALL_LOOKUP_BATCH):
             batch = {literal(call_id) for call_id in wanted[first : first + _CALL_LOOKUP_BATCH]}
             condition = And(
                 EqualTo(term=Reference("tenant"), value=literal(tenant)),
                 Or(In(term=Reference("call_id"), values=batch), In(term=Reference("linked_id"), values=batch)),
             )
-            columns = ["call_id", "linked_id", "start_at", "caller", "caller_kind", "callee", "callee_kind"]
-            for row in self._lake().scan("cdr", condition, columns).to_pylist():
-                for call_id in {row["call_id"], row["linked_id"]} - {None}:
-                    start = row["start_at"]
-                    starts[call_id] = min(starts.get(call_id, start), start)
-                    tokens = parties.setdefault(call_id, set())
-                    for party in ("caller", "callee"):
-                        if row[f"{party}_kind"] == "subject" and row[party]:
-                            tokens.add(str(row[party]))
+            rows += self._lake().scan("cdr", condition, columns).to_pylist()
+        starts: dict[str, datetime] = {}
+        parties: dict[str, set[str]] = {}
+        for row in rows:
+            for call_id in {row["call_id"], row["linked_id"]} - {None}:
+                start = row["start_at"]
+                starts[call_id] = min(starts.get(call_id, start), start)
+                tokens = parties.setdefault(call_id, set())
+                for party in ("caller", "callee"):
+                    if row[f"{party}_kind"] == "subject" and row[party]:
+                        tokens.add(str(row[party]))
         restricted = self._restricted({token for tokens in parties.values() for token in tokens})
         return {
             call_id: CallFacts(start_at=starts[call_id], restricted=bool(parties.get(call_id, set()) & restricted))

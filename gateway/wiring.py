@@ -24,7 +24,7 @@ from gateway.operators import OperatorStore
 from gateway.principals import PrincipalStore
 from gateway.rbac import Role
 from gateway.recordings import SqlRecordingCatalog
-from gateway.releases import LakeCallDirectory, ReleaseStore, SqlReleaseGate
+from gateway.releases import CdrCallDirectory, ReleaseStore, SqlReleaseGate
 from gateway.security import LoginThrottle, PasswordHashing
 from gateway.settings import Settings
 from gateway.staging import StagingStore, StagingWriter
@@ -115,7 +115,7 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     )
     vault = _build_vault(settings, layout, db, audit, clock)
     release_store = ReleaseStore(
-        db, vault, hashing, audit, clock, settings.release, calls=LakeCallDirectory(lake.get, db)
+        db, vault, hashing, audit, clock, settings.release, calls=CdrCallDirectory(lake.get, staging_store, db)
     )
     release_throttle = LoginThrottle(
         db, max_failures=settings.release.max_failures, window=settings.release.failure_window, ban=settings.release.ban
