@@ -109,7 +109,10 @@ MIGRATIONS: Migrations = [
     ),
 ]
 
-_SCAN_PAYLOADS = 16  # staged payloads read at once by ``StagingStore.scan`` (a payload: up to ~50,000 rows)
+# ``StagingStore.scan`` reads payloads until they hold this many records (one large Master.csv payload,
+# or a few hundred commit groups of small requests).
+_SCAN_RECORDS = 20_000
+_SCAN_PAYLOADS = 500
 # Answered from the index staged_kind_time alone (migration 2).
 OLDEST_STAGED_SQL = "SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1"
 
@@ -435,12 +438,18 @@ class StagingStore:
         flusher moves meanwhile is either read here or already in the lake (it is appended there before
         it is deleted here): callers that want every row read staging first, then the lake.
         """
-        seqs = [int(row["seq"]) for row in self._db.fetch_all(
-            "SELECT seq FROM staged WHERE kind = ? ORDER BY seq", (kind,)
-        )]  # fmt: skip
+        chunks: list[list[int]] = [[]]
+        records = 0
+        for row in self._db.fetch_all("SELECT seq, records FROM staged WHERE kind = ? ORDER BY seq", (kind,)):
+            if chunks[-1] and (records >= _SCAN_RECORDS or len(chunks[-1]) >= _SCAN_PAYLOADS):
+                chunks.append([])
+                records = 0
+            chunks[-1].append(int(row["seq"]))
+            records += int(row["records"])
         found = [SCHEMAS[kind].empty_table()]
-        for first in range(0, len(seqs), _SCAN_PAYLOADS):
-            chunk = seqs[first : first + _SCAN_PAYLOADS]
+        for chunk in chunks:
+            if not chunk:
+                continue
             placeholders = ", ".join("?" * len(chunk))
             for row in self._db.fetch_all(
                 f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from gateway import staging
 from gateway.db import Database
 from gateway.staging import (
     OLDEST_STAGED_SQL,
@@ -126,7 +127,11 @@ def test_the_oldest_staged_row_is_found_from_the_index_alone(store: StagingStore
         assert any("COVERING INDEX staged_kind_time" in str(row["detail"]) for row in plan), plan
 
 
-def test_scan_finds_matching_staged_rows_until_they_are_flushed(store: StagingStore, metadata_db: Database) -> None:
+@pytest.mark.parametrize("records_per_read", [20_000, 1])
+def test_scan_finds_matching_staged_rows_until_they_are_flushed(
+    store: StagingStore, metadata_db: Database, monkeypatch: pytest.MonkeyPatch, records_per_read: int
+) -> None:
+    monkeypatch.setattr(staging, "_SCAN_RECORDS", records_per_read)  # 1: one payload per read
     for group in ([cdr(1), cdr(2)], [cdr(3)], [cdr(4), cdr(5)]):
         with metadata_db.transaction() as tx:
             store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", group), T0)
