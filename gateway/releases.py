@@ -221,23 +221,18 @@ class CdrCallDirectory:
         from pyiceberg.expressions.literals import literal
 
         wanted = list(dict.fromkeys(call_ids))
+        if not wanted:
+            return {}
         wanted_set = set(wanted)
         columns = ["call_id", "linked_id", "start_at", "caller", "caller_kind", "callee", "callee_kind"]
         # Staging first, then the lake: a batch the flusher moves meanwhile is in one or the other.
         wanted_array = pa.array(wanted, pa.string())
-        rows = self._staging.scan(
-            "cdr",
-            lambda table: pc.fill_null(
-                pc.and_(
-                    pc.equal(table["tenant"], tenant),
-                    pc.or_(
-                        pc.is_in(table["call_id"], value_set=wanted_array),
-                        pc.is_in(table["linked_id"], value_set=wanted_array),
-                    ),
-                ),
-                False,
-            ),
-        ).select(columns).to_pylist()
+
+        def of_these_calls(table: pa.Table) -> pa.Array:
+            of_call = pc.is_in(table["call_id"], value_set=wanted_array)
+            return pc.or_(of_call, pc.is_in(table["linked_id"], value_set=wanted_array))
+
+        rows = self._staging.scan("cdr", of_these_calls, tenant).select(columns).to_pylist()
         for first in range(0, len(wanted), _CALL_LOOKUP_BATCH):
             batch = {literal(call_id) for call_id in wanted[first : first + _CALL_LOOKUP_BATCH]}
             condition = And(

@@ -431,8 +431,9 @@ class StagingStore:
                 tables.append(decode_table(kind, bytes(row["payload"])))
         return seqs[-1], pa.concat_tables(tables)
 
-    def scan(self, kind: Kind, matching: Callable[[pa.Table], pa.Array]) -> pa.Table:
-        """Staged rows of ``kind`` (not in the lake yet) where ``matching(payload table)`` is true.
+    def scan(self, kind: Kind, matching: Callable[[pa.Table], pa.Array], tenant: str | None = None) -> pa.Table:
+        """Staged rows of ``kind`` (of one ``tenant``, else all) not in the lake yet, where ``matching(payload
+        table)`` is true.
 
         Payloads are read a few at a time, so memory follows the matches, not the backlog. A row the
         flusher moves meanwhile is either read here or already in the lake (it is appended there before
@@ -440,7 +441,12 @@ class StagingStore:
         """
         chunks: list[list[int]] = [[]]
         records = 0
-        for row in self._db.fetch_all("SELECT seq, records FROM staged WHERE kind = ? ORDER BY seq", (kind,)):
+        sql = "SELECT seq, records FROM staged WHERE kind = ?"
+        params: list[str] = [kind]
+        if tenant is not None:  # a staged row holds one tenant's records
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        for row in self._db.fetch_all(sql + " ORDER BY seq", params):
             if chunks[-1] and (records >= _SCAN_RECORDS or len(chunks[-1]) >= _SCAN_PAYLOADS):
                 chunks.append([])
                 records = 0

@@ -141,6 +141,8 @@ def test_scan_finds_matching_staged_rows_until_they_are_flushed(
 
     assert store.scan("cdr", odd_calls).column("call_id").to_pylist() == ["c1", "c3", "c5"]
     assert store.scan("acd_event", lambda table: pc.equal(table["pbx"], "pbx1")).num_rows == 0
+    assert store.scan("cdr", odd_calls, tenant="acme").num_rows == 3
+    assert store.scan("cdr", odd_calls, tenant="another").num_rows == 0
     seq, _ = store.batch("cdr", 2)  # the first group goes to the lake
     store.delete_through("cdr", seq)
     assert store.scan("cdr", odd_calls).column("call_id").to_pylist() == ["c3", "c5"]
