@@ -50,20 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from telgate_node import TICKS, TelgateNode, cpu_ticks, free_port, parse_size, steal_share
+from telgate_node import TelgateNode, cpu_ticks, free_port, parse_size, process_cpu_seconds, steal_share
 
 BLOCK = 1024 * 1024
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 RUN_TIMEOUT = 170  # seconds: one sftp process
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU of a process (all threads), plus its reaped children's when ``children``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / TICKS
 
 
 def wait_reaped(pid: int, timeout: float = 10.0) -> None:
@@ -340,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                         remote, pid, children = target["recordings"][0]["name"], telgate.process.pid, False
                     if children:
                         wait_reaped(pid)
-                    cpu_before = cpu_seconds(pid, children=children)
+                    cpu_before = process_cpu_seconds(pid, children=children)
                     seconds = run_sftp(workdir, [f"get {remote} {download}"], cipher, target)
                     if children:
                         wait_reaped(pid)
-                    cpu = cpu_seconds(pid, children=children) - cpu_before
+                    cpu = process_cpu_seconds(pid, children=children) - cpu_before
                     runs[server].append(Timing(server, label, args.size, seconds, cpu))
                     if not same_bytes(source, download):
                         raise RuntimeError(f"{server}'s copy differs from the source")

@@ -81,10 +81,14 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return delta[7] / sum(delta) if sum(delta) else 0.0
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (all its threads)."""
+def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds a process has used so far (all its threads), plus its reaped children's
+    when ``children``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
 
 
 class TelgateNode:

@@ -109,10 +109,10 @@ MIGRATIONS: Migrations = [
     ),
 ]
 
-# ``StagingStore.scan`` reads payloads until they hold this many records (one large Master.csv payload,
-# or a few hundred commit groups of small requests).
+# Staged payloads are read at most this many at once; ``StagingStore.scan`` also stops a read once it
+# holds this many records (one large Master.csv payload, or a few hundred small commit groups).
+_READ_PAYLOADS = 500
 _SCAN_RECORDS = 20_000
-_SCAN_PAYLOADS = 500
 # Answered from the index staged_kind_time alone (migration 2).
 OLDEST_STAGED_SQL = "SELECT staged_at AS t FROM staged WHERE kind = ? ORDER BY seq LIMIT 1"
 
@@ -421,15 +421,18 @@ class StagingStore:
         if not seqs:
             return 0, None
         tables = []
-        for first in range(0, len(seqs), 500):
-            chunk = seqs[first : first + 500]
-            placeholders = ", ".join("?" * len(chunk))
-            for row in self._db.fetch_all(
-                f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only
-                chunk,
-            ):
-                tables.append(decode_table(kind, bytes(row["payload"])))
+        for first in range(0, len(seqs), _READ_PAYLOADS):
+            tables += self._decoded(kind, seqs[first : first + _READ_PAYLOADS])
         return seqs[-1], pa.concat_tables(tables)
+
+    def _decoded(self, kind: str, seqs: Sequence[int]) -> list[pa.Table]:
+        """The staged payloads with these seqs (at most ``_READ_PAYLOADS``), decoded, in seq order."""
+        placeholders = ", ".join("?" * len(seqs))
+        rows = self._db.fetch_all(
+            f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only
+            seqs,
+        )
+        return [decode_table(kind, bytes(row["payload"])) for row in rows]
 
     def scan(self, kind: Kind, matching: Callable[[pa.Table], pa.Array], tenant: str | None = None) -> pa.Table:
         """Staged rows of ``kind`` (of one ``tenant``, else all) not in the lake yet, where ``matching(payload
@@ -439,30 +442,21 @@ class StagingStore:
         flusher moves meanwhile is either read here or already in the lake (it is appended there before
         it is deleted here): callers that want every row read staging first, then the lake.
         """
-        chunks: list[list[int]] = [[]]
-        records = 0
         sql = "SELECT seq, records FROM staged WHERE kind = ?"
         params: list[str] = [kind]
         if tenant is not None:  # a staged row holds one tenant's records
             sql += " AND tenant = ?"
             params.append(tenant)
-        for row in self._db.fetch_all(sql + " ORDER BY seq", params):
-            if chunks[-1] and (records >= _SCAN_RECORDS or len(chunks[-1]) >= _SCAN_PAYLOADS):
-                chunks.append([])
-                records = 0
-            chunks[-1].append(int(row["seq"]))
-            records += int(row["records"])
         found = [SCHEMAS[kind].empty_table()]
-        for chunk in chunks:
-            if not chunk:
-                continue
-            placeholders = ", ".join("?" * len(chunk))
-            for row in self._db.fetch_all(
-                f"SELECT payload FROM staged WHERE seq IN ({placeholders}) ORDER BY seq",  # noqa: S608 - placeholders only
-                chunk,
-            ):
-                table = decode_table(kind, bytes(row["payload"]))
-                found.append(table.filter(matching(table)))
+        chunk: list[int] = []
+        records = 0
+        rows = self._db.fetch_all(sql + " ORDER BY seq", params)
+        for index, row in enumerate(rows):
+            chunk.append(int(row["seq"]))
+            records += int(row["records"])
+            if records >= _SCAN_RECORDS or len(chunk) == _READ_PAYLOADS or index == len(rows) - 1:
+                found += [table.filter(matching(table)) for table in self._decoded(kind, chunk)]
+                chunk, records = [], 0
         return pa.concat_tables(found)
 
     def oldest_staged_at(self, kind: str) -> datetime | None:
