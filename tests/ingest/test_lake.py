@@ -147,12 +147,37 @@ def test_tables_have_contract_schema_day_partitions_and_properties(tmp_path: Pat
             assert table.format_version == 2
             assert table.properties["write.parquet.compression-codec"] == "zstd"
             assert int(table.properties["write.target-file-size-bytes"]) >= 64 * 1024 * 1024
+            assert table.properties["write.parquet.dict-size-bytes"] == str(1024 * 1024)
             schema = table.schema()
             assert [f.name for f in schema.fields] == contract.names
             assert [f.required for f in schema.fields] == [not f.nullable for f in contract]
             (partition,) = table.spec().fields
             assert isinstance(partition.transform, DayTransform)
             assert partition.source_id == schema.find_field(time_column).field_id
+    finally:
+        catalog.close()
+
+
+def test_open_gives_an_older_table_the_properties_it_lacks_and_keeps_set_ones(tmp_path: Path) -> None:
+    catalog_uri, warehouse = lake_locations(tmp_path)
+    with IcebergLake.open(catalog_uri, warehouse) as lake:
+        lake.append("cdr", cdr_table(range(3)))
+    catalog = SqlCatalog("telgate", uri=catalog_uri, warehouse=warehouse)
+    try:
+        old = catalog.load_table(("telgate", "cdr"))  # as a table made before the property existed
+        old.transaction().remove_properties("write.parquet.dict-size-bytes").set_properties(
+            {"write.parquet.compression-codec": "snappy"}
+        ).commit_transaction()
+        with IcebergLake.open(catalog_uri, warehouse) as lake:
+            assert lake.scan("cdr").num_rows == 3
+        table = catalog.load_table(("telgate", "cdr"))
+        assert table.properties["write.parquet.dict-size-bytes"] == str(1024 * 1024)
+        assert table.properties["write.parquet.compression-codec"] == "snappy"  # an operator's choice stays
+        snapshots = len(table.metadata.snapshots)
+        with IcebergLake.open(catalog_uri, warehouse):
+            pass
+        assert catalog.load_table(("telgate", "cdr")).metadata.metadata_log == table.metadata.metadata_log
+        assert len(catalog.load_table(("telgate", "cdr")).metadata.snapshots) == snapshots
     finally:
         catalog.close()
 
