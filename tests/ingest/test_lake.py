@@ -168,6 +168,20 @@ def test_open_gives_an_older_table_the_properties_it_lacks_and_keeps_set_ones(tm
         old.transaction().remove_properties("write.parquet.dict-size-bytes").set_properties(
             {"write.parquet.compression-codec": "snappy"}
         ).commit_transaction()
+        errors: list[BaseException] = []
+
+        def open_and_close() -> None:
+            try:
+                IcebergLake.open(catalog_uri, warehouse).close()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_close) for _ in range(2)]  # two processes starting at once
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
         with IcebergLake.open(catalog_uri, warehouse) as lake:
             assert lake.scan("cdr").num_rows == 3
         table = catalog.load_table(("telgate", "cdr"))
