@@ -114,8 +114,8 @@ def test_open_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
         assert second.scan("acd_event").num_rows == 0
 
 
-def test_open_from_two_threads_at_once(tmp_path: Path) -> None:
-    catalog_uri, warehouse = lake_locations(tmp_path)
+def open_twice_at_once(catalog_uri: str, warehouse: str) -> list[BaseException]:
+    """Open and close the lake from two threads at once (as two processes starting); what they raised."""
     errors: list[BaseException] = []
 
     def open_and_close() -> None:
@@ -129,7 +129,12 @@ def test_open_from_two_threads_at_once(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_open_from_two_threads_at_once(tmp_path: Path) -> None:
+    catalog_uri, warehouse = lake_locations(tmp_path)
+    assert open_twice_at_once(catalog_uri, warehouse) == []
     with IcebergLake.open(catalog_uri, warehouse) as lake:
         assert lake.scan("cdr").num_rows == 0
 
@@ -168,20 +173,7 @@ def test_open_gives_an_older_table_the_properties_it_lacks_and_keeps_set_ones(tm
         old.transaction().remove_properties("write.parquet.dict-size-bytes").set_properties(
             {"write.parquet.compression-codec": "snappy"}
         ).commit_transaction()
-        errors: list[BaseException] = []
-
-        def open_and_close() -> None:
-            try:
-                IcebergLake.open(catalog_uri, warehouse).close()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_and_close) for _ in range(2)]  # two processes starting at once
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert open_twice_at_once(catalog_uri, warehouse) == []
         with IcebergLake.open(catalog_uri, warehouse) as lake:
             assert lake.scan("cdr").num_rows == 3
         table = catalog.load_table(("telgate", "cdr"))
