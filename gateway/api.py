@@ -40,9 +40,9 @@ ROUTE_MODULES = (
 
 
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
-    """Start-up: reconcile staging with the lake, then run the flusher until shutdown."""
+    """Start-up: reconcile staging with the lake (unless it is down), then run the flusher until shutdown."""
     gateway = app[GATEWAY]
-    await asyncio.to_thread(gateway.flusher.reconcile)
+    await gateway.flusher.reconcile_at_start()
     flusher = asyncio.create_task(gateway.flusher.run(gateway.settings.lake), name="telgate-flusher")
     yield
     flusher.cancel()

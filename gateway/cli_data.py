@@ -1,10 +1,13 @@
-"""``telgate cdr search`` and ``telgate ingest quarantine ...``: identifiable access, audited server-side."""
+"""``telgate cdr search``, ``telgate ingest status/flush`` and ``telgate ingest quarantine ...``.
+
+Searches and replays are identifiable access, audited server-side."""
 
 from __future__ import annotations
 
 import click
 
 from gateway.cli_common import api, emit, err, handle_errors, json_option, out, table
+from gateway.errors import EXIT_UNAVAILABLE
 
 
 @click.group()
@@ -44,6 +47,64 @@ def cdr_search(number: str | None, call_id: str | None, since: str | None, as_js
 @click.group()
 def ingest() -> None:
     """Operate the ingest pipeline."""
+
+
+@ingest.command("status")
+@json_option
+@handle_errors
+def ingest_status(as_json: bool) -> None:
+    """What is staged and not yet in the lake, how long it has waited, what is in quarantine (dpo, tech_manager).
+
+    Exits 69 when a staged record has waited more than twice ingest.flush_interval: the lake is not
+    taking records (the flusher is failing or falling behind; its errors are in the server's log).
+
+    \b
+    Examples:
+      telgate ingest status
+      telgate ingest status --json
+    """
+    answer = api().request("GET", "/v1/admin/ingest/status")
+    rows = [
+        (kind, s["records"], s["payloads"], s["oldest_staged_at"] or "", _age(s["oldest_age_seconds"]))
+        for kind, s in answer["staged"].items()
+    ]
+
+    def show() -> None:
+        table("staged, not yet in the lake", ["kind", "records", "payloads", "oldest", "waiting"], rows)
+        quarantine = answer["quarantine"]
+        out.print(
+            f"backlog {answer['backlog']} of {answer['max_staged_records']} (503 above); "
+            f"quarantine: {quarantine['pending']} pending, {quarantine['replayed']} replayed"
+        )
+        if answer["flush_overdue"]:
+            err.print("[red]flush overdue:[/red] staged records have waited more than twice the flush interval")
+
+    emit(as_json, answer, show)
+    if answer["flush_overdue"]:
+        raise SystemExit(EXIT_UNAVAILABLE)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@ingest.command("flush")
+@json_option
+@handle_errors
+def ingest_flush(as_json: bool) -> None:
+    """Move every staged record to the lake now (dpo, tech_manager; audited).
+
+    \b
+    Example:
+      telgate ingest flush      # before a planned shutdown, or to see a batch in the lake at once
+    """
+    answer = api().request("POST", "/v1/admin/ingest/flush")
+    emit(
+        as_json, answer, lambda: out.print(f"{answer['flushed']} records moved to the lake; {answer['backlog']} staged")
+    )
 
 
 @ingest.group("quarantine")

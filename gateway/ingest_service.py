@@ -328,6 +328,7 @@ class Flusher:
         self._flush_interval = flush_interval
         self._dedupe_window = dedupe_window
         self._lock = asyncio.Lock()
+        self._reconciled = False
 
     def reconcile(self) -> int:
         """Drop staged rows the lake already holds (a crash came between lake commit and delete)."""
@@ -337,13 +338,30 @@ class Flusher:
                 marker = self._lake().last_committed_marker(kind)
                 if marker is not None:
                     dropped += self._store.delete_through(kind, marker)
+        self._reconciled = True
         if dropped:
             log.info("reconciled %d staged records already in the lake", dropped)
             self._writer.flushed(dropped)
         return dropped
 
+    async def reconcile_at_start(self) -> bool:
+        """Reconcile before serving; when the lake does not answer, log it and go on (False).
+
+        Ingest does not need the lake: records are staged, and staging is what a 202 promises. A node
+        whose lake is down (its catalog database, its object store) starts and takes records; the first
+        flush reconciles before it appends anything.
+        """
+        try:
+            await asyncio.to_thread(self.reconcile)
+        except Exception:
+            log.exception("the lake did not answer at start-up; ingest goes on into staging, flushing waits for it")
+            return False
+        return True
+
     def flush_kind(self, kind: Kind) -> int:
         """Append the oldest staged batch of ``kind`` to the lake; returns records moved."""
+        if not self._reconciled:  # started while the lake was down: never append a batch it may hold already
+            self.reconcile()
         with self._writer_lock():  # read the batch under the lock: another process may have moved it
             last_seq, table = self._store.batch(kind, min(self._flush_records, COMMIT_RECORDS))
             if table is None:

@@ -56,6 +56,7 @@ PERMISSIONS: Final[dict[str, frozenset[Role]]] = {
     "quarantine.read": _GOVERNORS,
     "quarantine.replay": _GOVERNORS,
     "ingest.flush": _GOVERNORS,
+    "ingest.status": _GOVERNORS,
 }
 
 

@@ -35,8 +35,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    payload = generate_latest(request.app[METRICS].registry)
+    """Prometheus text exposition; the ingest gauges are read from the store first."""
+    gw = request.app[GATEWAY]
+    status = await asyncio.to_thread(gw.staging.status)
+    app_metrics = request.app[METRICS]
+    app_metrics.ingest.update(status, gw.clock.now())  # no await from here to the rendering
+    payload = generate_latest(app_metrics.registry)
     response = web.Response(body=payload)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

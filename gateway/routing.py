@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.errors import (
     AuthenticationError,
@@ -31,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.operators import Operator
 from gateway.rbac import check
+from gateway.staging import StagingStatus
 from gateway.wiring import Gateway
 
 log = logging.getLogger("telgate.http")
@@ -64,6 +68,44 @@ def admin_route(method: str, path: str, permission: str) -> Callable[[AdminHandl
     return register
 
 
+class IngestGauges(Collector):
+    """The staging backlog and the quarantine as gauges: a snapshot the ``/metrics`` handler takes from
+    the store just before it renders (so every HTTP worker process answers the same)."""
+
+    def __init__(self) -> None:
+        self._status: StagingStatus | None = None
+        self._now: datetime | None = None
+
+    def update(self, status: StagingStatus, now: datetime) -> None:
+        """The snapshot the next ``collect`` reports."""
+        self._status, self._now = status, now
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges of the last snapshot (none before the first)."""
+        status, now = self._status, self._now
+        if status is None or now is None:
+            return
+        staged = GaugeMetricFamily(
+            "telgate_ingest_staged_records", "Records staged and not yet in the lake", labels=["kind"]
+        )
+        age = GaugeMetricFamily(
+            "telgate_ingest_oldest_staged_age_seconds",
+            "How long the oldest staged record has waited for the lake (0 when none is staged)",
+            labels=["kind"],
+        )
+        for kind, state in status.kinds.items():
+            staged.add_metric([kind], state.records)
+            oldest = state.oldest_staged_at
+            age.add_metric([kind], max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+        yield staged
+        yield age
+        yield GaugeMetricFamily(
+            "telgate_ingest_quarantine_pending",
+            "Rejected records kept in quarantine and not replayed",
+            value=status.quarantine_pending,
+        )
+
+
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of its own (one per app)."""
 
@@ -79,6 +121,8 @@ class Metrics:
             "telgate_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry
         )
         self.logins = Counter("telgate_logins", "Operator logins by outcome", ["outcome"], registry=self.registry)
+        self.ingest = IngestGauges()
+        self.registry.register(self.ingest)
         self._latency_by_route: dict[str, Histogram] = {}
         self._requests_by_outcome: dict[tuple[str, int], Counter] = {}
 

@@ -233,7 +233,7 @@ async def start_supervisor(settings: Settings, clock: Clock | None = None) -> Su
     )
     await asyncio.to_thread(sftp.start)
     gateway.releases.public_port = sftp.bound_port
-    await asyncio.to_thread(gateway.flusher.reconcile)
+    await gateway.flusher.reconcile_at_start()
     flusher = asyncio.create_task(gateway.flusher.run(settings.lake), name="telgate-flusher")
     server = dataclasses.replace(settings.server, http_port=http_port, sftp_port=sftp.bound_port)
     workers = HttpWorkerPool(dataclasses.replace(settings, server=server), settings.server.http_workers)

@@ -292,6 +292,29 @@ def claim_keys(tx: Transaction, keys: list[str], seen_at: str) -> list[bool]:
     return fresh
 
 
+@dataclass(frozen=True, slots=True)
+class KindStatus:
+    """Staged records of one kind that are not in the lake yet."""
+
+    records: int
+    payloads: int  # staged rows: a large request's records, or a commit group's small requests
+    oldest_staged_at: datetime | None  # when the next row to be flushed arrived
+
+
+@dataclass(frozen=True, slots=True)
+class StagingStatus:
+    """The staging area and the quarantine at one moment (``StagingStore.status``)."""
+
+    kinds: dict[Kind, KindStatus]
+    quarantine_pending: int  # rejected records not replayed (yet)
+    quarantine_replayed: int
+
+    @property
+    def backlog(self) -> int:
+        """Staged records of every kind."""
+        return sum(kind.records for kind in self.kinds.values())
+
+
 @dataclass(slots=True)
 class PreparedGroup:
     """A commit group's requests with what staging them needs outside the transaction."""
@@ -407,6 +430,25 @@ class StagingStore:
         """Records staged and not yet in the lake."""
         row = self._db.fetch_one("SELECT COALESCE(SUM(records), 0) AS n FROM staged")
         return int(row["n"]) if row else 0
+
+    def status(self) -> StagingStatus:
+        """What is staged per kind (records, payloads, oldest arrival) and what waits in quarantine.
+
+        Shared by every process of the node (it is read from the store), so any HTTP worker answers
+        the same. Reads ``records`` from each staged row, never a payload.
+        """
+        counts = {
+            str(row["kind"]): (int(row["records"]), int(row["payloads"]))
+            for row in self._db.fetch_all(
+                "SELECT kind, COALESCE(SUM(records), 0) AS records, COUNT(*) AS payloads FROM staged GROUP BY kind"
+            )
+        }
+        kinds = {
+            kind: KindStatus(*counts.get(kind, (0, 0)), oldest_staged_at=self.oldest_staged_at(kind)) for kind in KINDS
+        }
+        row = self._db.fetch_one("SELECT COUNT(*) AS total, COUNT(replayed_at) AS replayed FROM quarantine")
+        total, replayed = (int(row["total"]), int(row["replayed"])) if row else (0, 0)
+        return StagingStatus(kinds, quarantine_pending=total - replayed, quarantine_replayed=replayed)
 
     def batch(self, kind: str, max_records: int) -> tuple[int, pa.Table | None]:
         """The oldest staged rows of ``kind`` up to about ``max_records``: (highest seq, their records)."""

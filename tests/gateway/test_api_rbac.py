@@ -42,6 +42,7 @@ EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/admin/ingest/quarantine", None, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/ingest/quarantine/q_unknown/replay", None, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/ingest/flush", None, {"dpo", "tech_manager"}),
+    ("GET", "/v1/admin/ingest/status", None, {"dpo", "tech_manager"}),
     (
         "POST",
         "/v1/admin/recordings/rec_unknown/access-requests",

@@ -127,6 +127,28 @@ def test_the_oldest_staged_row_is_found_from_the_index_alone(store: StagingStore
         assert any("COVERING INDEX staged_kind_time" in str(row["detail"]) for row in plan), plan
 
 
+def test_status_counts_staged_records_per_kind_and_the_quarantine(store: StagingStore, metadata_db: Database) -> None:
+    empty = store.status()
+    assert empty.backlog == 0
+    assert (empty.quarantine_pending, empty.quarantine_replayed) == (0, 0)
+    assert {kind: (s.records, s.payloads, s.oldest_staged_at) for kind, s in empty.kinds.items()} == {
+        "cdr": (0, 0, None), "acd_event": (0, 0, None)
+    }  # fmt: skip
+    rejects = [Rejected(1, "bad", b"x"), Rejected(2, "bad", b"y")]
+    with metadata_db.transaction() as tx:
+        outcome = store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(1), cdr(2)], rejects), T0)
+    with metadata_db.transaction() as tx:
+        store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(3)]), T0 + timedelta(seconds=5))
+        store.mark_replayed(tx, outcome.quarantined[0], T0 + timedelta(seconds=6))
+    status = store.status()
+    assert status.kinds["cdr"].records == 3
+    assert status.kinds["cdr"].payloads == 2
+    assert status.kinds["cdr"].oldest_staged_at == T0
+    assert status.kinds["acd_event"].records == 0
+    assert status.backlog == 3
+    assert (status.quarantine_pending, status.quarantine_replayed) == (1, 1)
+
+
 @pytest.mark.parametrize("records_per_read", [20_000, 1])
 def test_scan_finds_matching_staged_rows_until_they_are_flushed(
     store: StagingStore, metadata_db: Database, monkeypatch: pytest.MonkeyPatch, records_per_read: int
