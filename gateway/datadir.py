@@ -13,6 +13,7 @@
       vault/                  0700  encrypted recordings
         keyring.json          0600  master keys (versioned) wrapping the recordings' data keys
         recordings/           0700  encrypted recording blobs
+      run/metrics/            0700  HTTP workers' Prometheus counters (emptied when the node starts)
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class DataLayout:
     def recordings(self) -> Path:
         """The blob store of encrypted recordings."""
         return self.vault / "recordings"
+
+    @property
+    def metrics(self) -> Path:
+        """Where HTTP worker processes keep their Prometheus values (``/metrics`` adds them up)."""
+        return self.root / "run" / "metrics"
 
     @property
     def database(self) -> Path:

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.errors import AuthenticationError, BadRequestError, RateLimitedError
@@ -40,7 +39,7 @@ async def metrics(request: web.Request) -> web.Response:
     status = await asyncio.to_thread(gw.staging.status)
     app_metrics = request.app[METRICS]
     app_metrics.ingest.update(status, gw.clock.now())  # no await from here to the rendering
-    payload = generate_latest(app_metrics.registry)
+    payload = app_metrics.exposition()
     response = web.Response(body=payload)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

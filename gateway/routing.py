@@ -18,8 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.errors import (
@@ -125,6 +126,15 @@ class Metrics:
         self.registry.register(self.ingest)
         self._latency_by_route: dict[str, Histogram] = {}
         self._requests_by_outcome: dict[tuple[str, int], Counter] = {}
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this node: in an HTTP worker, every worker's counters added up."""
+        if not getattr(values.ValueClass, "_multiprocess", False):
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]  # one file per process and type
+        everyone.register(self.ingest)  # read from the store: the same in every process
+        return generate_latest(everyone)
 
     def observe(self, route: str, seconds: float) -> None:
         """Record a request's latency, as ``Histogram.time()`` does.

@@ -236,7 +236,9 @@ async def start_supervisor(settings: Settings, clock: Clock | None = None) -> Su
     await gateway.flusher.reconcile_at_start()
     flusher = asyncio.create_task(gateway.flusher.run(settings.lake), name="telgate-flusher")
     server = dataclasses.replace(settings.server, http_port=http_port, sftp_port=sftp.bound_port)
-    workers = HttpWorkerPool(dataclasses.replace(settings, server=server), settings.server.http_workers)
+    workers = HttpWorkerPool(
+        dataclasses.replace(settings, server=server), settings.server.http_workers, gateway.layout.metrics
+    )
     node = Supervisor(gateway, sftp, workers, flusher, reserved, http_port)
     try:
         await workers.start()

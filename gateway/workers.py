@@ -28,16 +28,19 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from gateway.settings import Settings
 
 log = logging.getLogger("telgate.workers")
 
 READY = "ready"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set in workers only: the supervisor serves no HTTP
 START_TIMEOUT_SECONDS = 120.0  # a worker that is not serving by then is killed and the start fails
 STOP_TIMEOUT_SECONDS = 30.0  # draining requests in flight; then SIGKILL
 RESTART_BACKOFF_SECONDS = 1.0  # before starting again a worker that died young (a crash loop)
@@ -76,10 +79,16 @@ class _Worker:
 class HttpWorkerPool:
     """Starts ``count`` HTTP worker processes, restarts those that die, stops them all on request."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
-        """``settings`` must name the real HTTP and SFTP ports (not 0): workers bind the same ones."""
+    def __init__(self, settings: Settings, count: int, metrics_dir: Path) -> None:
+        """``settings`` must name the real HTTP and SFTP ports (not 0): workers bind the same ones.
+
+        ``metrics_dir`` holds the workers' Prometheus values (one file per process and metric type), so
+        that ``/metrics``, whichever worker answers it, adds up every worker's counters, those of workers
+        that died included; it is emptied when the pool starts (a node's counters start at zero).
+        """
         self._settings = settings
         self._count = count
+        self._metrics_dir = metrics_dir
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._starting: set[BaseProcess] = set()  # spawned, not yet serving: stop() must end these too
@@ -93,13 +102,14 @@ class HttpWorkerPool:
 
     async def start(self) -> None:
         """Start every worker and return once all of them serve (``WorkerStartError`` otherwise)."""
+        await asyncio.to_thread(_empty_metrics_dir, self._metrics_dir)
         await asyncio.gather(*(self._start_one(index) for index in range(self._count)))
 
     async def _start_one(self, index: int) -> None:
         parent_end, child_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._settings, index, os.getpid(), child_end),
+            args=(self._settings, index, os.getpid(), child_end, str(self._metrics_dir)),
             name=f"telgate-http-{index}",
             daemon=False,
         )
@@ -195,6 +205,15 @@ def _join_or_kill(process: BaseProcess) -> None:
         _kill(process)
 
 
+def _empty_metrics_dir(path: Path) -> None:
+    """Create the metrics directory (and its parent, 0700), or empty it of an earlier run's values."""
+    for directory in (path.parent, path):
+        directory.mkdir(exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Ask the kernel for SIGTERM when the supervisor dies (Linux); exit now if it already has."""
     with contextlib.suppress(OSError, AttributeError):
@@ -203,13 +222,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def worker_main(settings: Settings, index: int, parent_pid: int, ready: Connection) -> None:
+def worker_main(settings: Settings, index: int, parent_pid: int, ready: Connection, metrics_dir: str) -> None:
     """Entry point of one HTTP worker process: serve until SIGTERM, then drain and exit."""
     _die_with_parent(parent_pid)
+    # prometheus_client picks its value store when it is first imported: it must see this first.
+    too_late = "prometheus_client" in sys.modules
+    os.environ[MULTIPROC_ENV] = metrics_dir
     from gateway.server import configure_logging, run_event_loop, tune_memory
 
     tune_memory()
     configure_logging()
+    if too_late:
+        log.warning("HTTP worker %d: prometheus_client was loaded before its start; /metrics counts this worker only",
+                    index)  # fmt: skip
     # The supervisor has said it once for the node; N more copies on stderr would only be noise.
     warnings.filterwarnings("ignore", message="local keyring .* keeps master keys in a file on this host")
     run_event_loop(_serve(settings, index, ready))

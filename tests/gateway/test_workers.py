@@ -26,6 +26,7 @@ from gateway.wiring import build_gateway
 from tests.conftest import cli_env
 from tests.gateway.test_cli import FAST_ENV, TELGATE, run
 from tests.gateway.test_crash import admin_setup, cdr_body
+from tests.gateway.test_ingest_metrics import sample
 
 WORKERS = 2
 pytestmark = pytest.mark.timeout(180)
@@ -163,6 +164,13 @@ async def test_workers_share_the_port_and_every_record_lands_once(node: Node) ->
         assert all(sockets_of(pid) > idle[pid] for pid in pids), "every worker holds client connections"
         again = await asyncio.gather(*(post(index) for index in range(0, 200, 10)))
         assert all(answer == {"accepted": 0, "duplicates": 1, "rejected": []} for answer in again)
+    # Whichever worker answers a scrape, it counts every worker's requests.
+    for _ in range(8):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as scraper:
+            async with scraper.get(f"{node.url}/metrics") as response:
+                text = await response.text()
+        assert sample(text, "telgate_http_requests_total", route="/v1/cdr/freeswitch-json", status="202") == 220
+        assert 'telgate_ingest_staged_records{kind="cdr"}' in text
     for pid in pids:  # the lake's libraries stay out of the workers; the supervisor has them
         assert "pydantic_core" not in mapped_libraries(pid)
     assert "pydantic_core" in mapped_libraries(node.process.pid)
