@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -296,6 +296,7 @@ COMMIT_RECORDS = 50_000
 
 
 MIN_SNAPSHOTS = 10  # snapshots kept by maintenance whatever their age
+MAX_RETRY_SECONDS = 60.0  # longest wait between two flush attempts while they fail
 
 
 class Flusher:
@@ -420,13 +421,23 @@ class Flusher:
         )
         return report
 
-    async def run(self, maintenance: LakeSettings | None = None, poll_seconds: float = 1.0) -> None:
+    async def run(
+        self,
+        maintenance: LakeSettings | None = None,
+        poll_seconds: float = 1.0,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """Background loop of ``serve``: flush when due, forget old dedupe keys, maintain the lake.
 
         Never raises: errors are logged and retried; staged records stay staged until they are in the lake.
+        While the lake (or the store) keeps failing, retries back off from 2 s to ``MAX_RETRY_SECONDS``,
+        and only the first failure logs its traceback: an outage of hours must not fill the disk with
+        logs (the disk staging is on). ``telgate ingest status`` shows how long records have waited.
         """
         last_expiry: datetime | None = None
         last_maintenance = self._clock.now()  # not at start-up: a restart loop must not compact every time
+        failures = 0
         while True:
             try:
                 now = self._clock.now()
@@ -440,6 +451,17 @@ class Flusher:
                     await self.maintain_lake(maintenance)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("flush failed; staged records are kept and retried")
-            await asyncio.sleep(poll_seconds)
+            except Exception as exc:
+                failures += 1
+                delay = min(MAX_RETRY_SECONDS, poll_seconds * 2**failures)
+                if failures == 1:
+                    log.exception("flush failed; staged records are kept and retried")
+                else:
+                    log.warning("flush failed again (%d in a row; next try in %.0f s): %s: %s",
+                                failures, delay, type(exc).__name__, exc)  # fmt: skip
+                await sleep(delay)
+                continue
+            if failures:
+                log.info("flushing works again after %d failed attempts", failures)
+                failures = 0
+            await sleep(poll_seconds)

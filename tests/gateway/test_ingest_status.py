@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.server import RunningServer, start_server
 from gateway.settings import Settings
+from gateway.staging import StageRequest
 from gateway.wiring import FIRST_DPO, build_gateway, initialise
 from ingest.lake import LakeError
 from tests.conftest import auth, cli_env, login, make_settings
@@ -22,6 +24,7 @@ from tests.fakes import FakeClock
 from tests.gateway.test_cli import arun
 from tests.gateway.test_ingest_api import VECTORS, pbx_token, post
 from tests.gateway.test_ingest_metrics import sample
+from tests.gateway.test_staging_contract import cdr
 
 CSV = (VECTORS / "asterisk/master_21.csv").read_bytes()
 QUEUE_LOG = (VECTORS / "queue_log/queue_log").read_bytes()
@@ -158,3 +161,35 @@ async def test_the_first_flush_reconciles_when_the_start_could_not(
         assert restarted.staging.status().backlog == 0
     finally:
         restarted.close()
+
+
+async def test_failing_flushes_back_off_and_log_one_traceback(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = tmp_path / "lake-storage"
+    storage.write_text("not mounted")
+    settings = make_settings(tmp_path / "var", lake={"warehouse": f"file://{storage}/warehouse"})
+    initialise(settings, clock)
+    gateway = await asyncio.to_thread(build_gateway, settings, clock)
+    try:
+        await gateway.staging_writer.stage(StageRequest("cdr", "acme", "pbx1", "json", [cdr(1)]))
+        clock.advance(timedelta(minutes=1))  # due by age
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:  # the loop's waits, without waiting
+            waits.append(seconds)
+            if len(waits) == 7:
+                storage.unlink()  # the storage is back during the seventh wait
+            if len(waits) == 9:
+                raise asyncio.CancelledError
+
+        with caplog.at_level(logging.INFO, logger="telgate.ingest"), pytest.raises(asyncio.CancelledError):
+            await gateway.flusher.run(poll_seconds=1.0, sleep=sleep)
+        assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 1.0, 1.0]
+        failures = [r for r in caplog.records if "flush failed" in r.getMessage()]
+        assert len(failures) == 7
+        assert [r.exc_info is not None for r in failures] == [True] + [False] * 6
+        assert any("works again after 7 failed attempts" in r.getMessage() for r in caplog.records)
+        assert gateway.lake.scan("cdr").num_rows == 1
+    finally:
+        await asyncio.to_thread(gateway.close)
