@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
-from gateway.audit import AuditTrail, Clock
+from gateway.audit import SYSTEM_ACTOR, AuditTrail, Clock
 from gateway.db import Database, Migrations, Transaction, parse_utc, utc_text
 from gateway.errors import (
     BadRequestError,
@@ -92,7 +92,6 @@ MIN_REASON_LENGTH: Final = 10
 MAX_REASON_LENGTH: Final = 500
 MAX_ID_LENGTH: Final = 128
 REQUEST_ID_PREFIX: Final = "req_"
-SYSTEM_ACTOR: Final = "system"
 
 PENDING: Final = "pending"
 APPROVED: Final = "approved"

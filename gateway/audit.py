@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from gateway.db import Database, Transaction, parse_utc, utc_text
 
 GENESIS = "0" * 64
+SYSTEM_ACTOR = "system"  # actor and role of what the gateway does on its own (first DPO, expiries)
 _HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
 _HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
 _FORBIDDEN_DETAIL_KEYS = ("password", "token", "secret", "key_material", "number", "phone")

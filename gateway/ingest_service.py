@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 
-from gateway.audit import Clock
+from gateway.audit import SYSTEM_ACTOR, AuditTrail, Clock
+from gateway.db import Transaction
 from gateway.principals import Pbx
 from gateway.settings import LakeSettings
 from gateway.staging import KINDS, Kind, Rejected, StageRequest, StagingStore, StagingWriter, records_table
@@ -313,6 +314,8 @@ class Flusher:
         flush_records: int,
         flush_interval: timedelta,
         dedupe_window: timedelta,
+        quarantine_retention: timedelta,
+        audit: AuditTrail,
     ) -> None:
         """``lake`` opens the lake on first call; ``writer_lock()`` keeps other processes' and nodes' writers out.
 
@@ -328,6 +331,8 @@ class Flusher:
         self._flush_records = flush_records
         self._flush_interval = flush_interval
         self._dedupe_window = dedupe_window
+        self._quarantine_retention = quarantine_retention
+        self._audit = audit
         self._lock = asyncio.Lock()
         self._reconciled = False
 
@@ -399,6 +404,22 @@ class Flusher:
         """Forget dedupe keys older than the window."""
         return self._store.expire_dedupe(self._clock.now() - self._dedupe_window)
 
+    def expire_quarantine(self) -> int:
+        """Delete quarantined records older than ``ingest.quarantine_retention`` (they hold personal data),
+        audited as ``quarantine.expire`` with their count."""
+        before = self._clock.now() - self._quarantine_retention
+
+        def record(tx: Transaction, deleted: int) -> None:
+            self._audit.append(
+                actor=SYSTEM_ACTOR, role=SYSTEM_ACTOR, action="quarantine.expire", object="quarantine",
+                reason="retention", details={"deleted": deleted, "received_before": before.isoformat()}, tx=tx,
+            )  # fmt: skip
+
+        deleted = self._store.expire_quarantine(before, record)
+        if deleted:
+            log.info("deleted %d quarantined records received before %s", deleted, before.isoformat())
+        return deleted
+
     def _maintain(self, maintenance: LakeSettings) -> MaintenanceReport:
         with self._writer_lock():
             return self._lake().maintain(
@@ -445,6 +466,7 @@ class Flusher:
                     await self.flush_now()
                 if last_expiry is None or now - last_expiry >= timedelta(hours=1):
                     await asyncio.to_thread(self.expire_dedupe)
+                    await asyncio.to_thread(self.expire_quarantine)
                     last_expiry = now
                 if maintenance is not None and now - last_maintenance >= maintenance.maintenance_interval:
                     last_maintenance = now

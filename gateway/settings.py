@@ -110,6 +110,9 @@ class IngestSettings:
     flush_interval: timedelta = _setting(timedelta(seconds=30), "Longest a staged record waits for the lake.")
     max_staged_records: int = _setting(5_000_000, "Staging backlog above which ingest answers 503.")
     dedupe_window: timedelta = _setting(timedelta(days=35), "How long a record's dedupe key is remembered.")
+    quarantine_retention: timedelta = _setting(
+        timedelta(days=30), "How long a rejected record is kept, sealed, for replay; then it is deleted."
+    )
 
 
 @dataclass(frozen=True)

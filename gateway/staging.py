@@ -526,6 +526,15 @@ class StagingStore:
         with self._db.transaction() as tx:
             return tx.execute("DELETE FROM dedupe WHERE seen_at < ?", (utc_text(before),))
 
+    def expire_quarantine(self, before: datetime, record: Callable[[Transaction, int], None]) -> int:
+        """Delete quarantined records received before ``before`` (replayed or not); ``record(tx, count)``
+        writes what was deleted in the same transaction. Returns the count."""
+        with self._db.transaction() as tx:
+            deleted = tx.execute("DELETE FROM quarantine WHERE received_at < ?", (utc_text(before),))
+            if deleted:
+                record(tx, deleted)
+        return deleted
+
     def quarantined(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Quarantined records (metadata only, never the sealed content)."""
         return self._db.fetch_all(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gateway import principals, recordings, releases, staging, subjects
 from gateway.access import MIGRATIONS as ACCESS_MIGRATIONS
 from gateway.access import AccessRequests
-from gateway.audit import AuditTrail, Clock
+from gateway.audit import SYSTEM_ACTOR, AuditTrail, Clock
 from gateway.clock import SystemClock
 from gateway.datadir import DataLayout, InitReport, init_layout, read_secret
 from gateway.db import CORE_MIGRATIONS, Database, Migrations, migrate, open_database
@@ -48,7 +48,6 @@ COMPONENT_MIGRATIONS: list[tuple[str, Migrations]] = [
 ]
 
 FIRST_DPO = "dpo"
-SYSTEM_ACTOR = "system"
 
 
 @dataclass
@@ -112,6 +111,8 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
         flush_records=settings.ingest.flush_records,
         flush_interval=settings.ingest.flush_interval,
         dedupe_window=settings.ingest.dedupe_window,
+        quarantine_retention=settings.ingest.quarantine_retention,
+        audit=audit,
     )
     vault = _build_vault(settings, layout, db, audit, clock)
     release_store = ReleaseStore(

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.server import RunningServer, start_server
 from gateway.settings import Settings
-from gateway.staging import StageRequest
+from gateway.staging import Rejected, StageRequest
 from gateway.wiring import FIRST_DPO, build_gateway, initialise
 from ingest.lake import LakeError
 from tests.conftest import auth, cli_env, login, make_settings
@@ -191,5 +191,30 @@ async def test_failing_flushes_back_off_and_log_one_traceback(
         assert [r.exc_info is not None for r in failures] == [True] + [False] * 6
         assert any("works again after 7 failed attempts" in r.getMessage() for r in caplog.records)
         assert gateway.lake.scan("cdr").num_rows == 1
+    finally:
+        await asyncio.to_thread(gateway.close)
+
+
+async def test_quarantined_records_are_deleted_after_their_retention_and_it_is_audited(
+    settings: Settings, dpo_password: str, clock: FakeClock
+) -> None:
+    gateway = await asyncio.to_thread(build_gateway, settings, clock)
+    try:
+        old = StageRequest("cdr", "acme", "pbx1", "json", [], [Rejected(1, "bad", b"07700 900123,x")])
+        outcome = await gateway.staging_writer.stage(old)
+        clock.advance(settings.ingest.quarantine_retention + timedelta(seconds=1))
+        await gateway.staging_writer.stage(StageRequest("cdr", "acme", "pbx1", "json", [], [Rejected(2, "bad", b"y")]))
+
+        async def sleep(seconds: float) -> None:  # one round of the loop
+            raise asyncio.CancelledError
+
+        with pytest.raises(asyncio.CancelledError):
+            await gateway.flusher.run(sleep=sleep)
+        assert [row["line"] for row in gateway.staging.quarantined()] == [2]
+        assert gateway.staging.unseal(outcome.quarantined[0]) is None
+        (entry,) = [e for e in gateway.audit.entries() if e.action == "quarantine.expire"]
+        assert (entry.actor, entry.role, entry.reason) == ("system", "system", "retention")
+        assert entry.details["deleted"] == 1
+        assert gateway.audit.verify().ok
     finally:
         await asyncio.to_thread(gateway.close)

@@ -149,6 +149,25 @@ def test_status_counts_staged_records_per_kind_and_the_quarantine(store: Staging
     assert (status.quarantine_pending, status.quarantine_replayed) == (1, 1)
 
 
+def test_expire_quarantine_deletes_older_records_and_records_it_in_the_same_transaction(
+    store: StagingStore, metadata_db: Database
+) -> None:
+    for moment, line in ((T0, 1), (T0 + timedelta(days=1), 2)):
+        with metadata_db.transaction() as tx:
+            store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [], [Rejected(line, "bad", b"raw")]), moment)
+    recorded: list[int] = []
+
+    def record(tx: object, deleted: int) -> None:
+        assert tx is not None
+        recorded.append(deleted)
+
+    assert store.expire_quarantine(T0, record) == 0  # nothing received before T0
+    assert recorded == []
+    assert store.expire_quarantine(T0 + timedelta(hours=1), record) == 1
+    assert recorded == [1]
+    assert [row["line"] for row in store.quarantined()] == [2]
+
+
 @pytest.mark.parametrize("records_per_read", [20_000, 1])
 def test_scan_finds_matching_staged_rows_until_they_are_flushed(
     store: StagingStore, metadata_db: Database, monkeypatch: pytest.MonkeyPatch, records_per_read: int
