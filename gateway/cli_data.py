@@ -53,7 +53,7 @@ def ingest() -> None:
 @json_option
 @handle_errors
 def ingest_status(as_json: bool) -> None:
-    """What is staged and not yet in the lake, how long it has waited, what is in quarantine (dpo, tech_manager).
+    """What is staged and not yet in the lake, what is in quarantine, when each PBX last posted (dpo, tech_manager).
 
     Exits 69 when a staged record has waited more than twice ingest.flush_interval: the lake is not
     taking records (the flusher is failing or falling behind; its errors are in the server's log).
@@ -69,8 +69,15 @@ def ingest_status(as_json: bool) -> None:
         for kind, s in answer["staged"].items()
     ]
 
+    pbxs = [
+        (name, a["last_post_at"], _age(a["last_post_age_seconds"]), a["posts"], a["accepted"], a["duplicates"],
+         a["rejected"])
+        for name, a in answer["pbxs"].items()
+    ]  # fmt: skip
+
     def show() -> None:
         table("staged, not yet in the lake", ["kind", "records", "payloads", "oldest", "waiting"], rows)
+        table("PBXs", ["pbx", "last post", "ago", "posts", "accepted", "duplicates", "rejected"], pbxs)
         quarantine = answer["quarantine"]
         out.print(
             f"backlog {answer['backlog']} of {answer['max_staged_records']} (503 above); "
@@ -85,9 +92,16 @@ def ingest_status(as_json: bool) -> None:
 
 
 def _age(seconds: float | None) -> str:
+    """``12s``, ``3m05s``, ``5h12m``, ``2d03h``."""
     if seconds is None:
         return ""
     minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 

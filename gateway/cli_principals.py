@@ -84,10 +84,12 @@ def pbx_list(as_json: bool) -> None:
     """
     answer = api().request("GET", "/v1/admin/pbxs")
     rows = [
-        (p["name"], p["tenant"], p["timezone"], p["country"], p["csv_columns"], "yes" if p["revoked"] else "")
+        (p["name"], p["tenant"], p["timezone"], p["country"], p["csv_columns"], "yes" if p["revoked"] else "",
+         p["activity"]["last_post_at"] if p["activity"] else "never")
         for p in answer["pbxs"]
-    ]
-    emit(as_json, answer, lambda: table("PBXs", ["name", "tenant", "zone", "country", "csv", "revoked"], rows))
+    ]  # fmt: skip
+    columns = ["name", "tenant", "zone", "country", "csv", "revoked", "last post"]
+    emit(as_json, answer, lambda: table("PBXs", columns, rows))
 
 
 @pbx.command("revoke")

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -281,13 +281,18 @@ class IngestService:
         ]
         return IngestResult(outcome.accepted, outcome.duplicates, rejected)
 
-    async def ingest(self, pbx: Pbx, source_format: str, body: bytes, content_type: str) -> IngestResult:
-        """Parse, pseudonymise and durably stage one request's records."""
+    async def ingest(
+        self, pbx: Pbx, source_format: str, body: bytes, content_type: str, *, replay: bool = False
+    ) -> IngestResult:
+        """Parse, pseudonymise and durably stage one request's records (``replay``: from the quarantine,
+        by an operator, so not counted as the PBX's activity)."""
         if self.is_large(len(body)):
             async with self._large_bodies:
                 request = await self.prepare(pbx, source_format, body, content_type)
         else:
             request = await self.prepare(pbx, source_format, body, content_type)
+        if replay:
+            request = replace(request, replayed=True)
         return await self.stage(request)
 
 

@@ -149,7 +149,7 @@ async def quarantine_replay(request: web.Request, operator: Operator) -> web.Res
     pbx = next((p for p in await asyncio.to_thread(gw.principals.pbxs) if p.name == meta["pbx"]), None)
     if pbx is None or pbx.revoked:
         raise NotFoundError(f"PBX {meta['pbx']} no longer exists or is revoked")
-    result = await gw.ingest.ingest(pbx, str(meta["format"]), raw, "")
+    result = await gw.ingest.ingest(pbx, str(meta["format"]), raw, "", replay=True)
     replayed = result.accepted + result.duplicates > 0 and not result.rejected
 
     def record() -> None:

@@ -1,9 +1,10 @@
 """Ingest operations for operators: how far behind the lake is, and a flush on demand.
 
 ``GET /v1/admin/ingest/status`` says what is staged and not yet in the lake (records, and how long the
-oldest has waited) and how many rejected records wait in quarantine: the figures to watch when PBXs
-get 503s or the lake looks stale. ``flush_overdue`` is true when a staged record has waited more than
-twice ``ingest.flush_interval``: the flusher is failing (its errors are in the log) or falling behind.
+oldest has waited), how many rejected records wait in quarantine, and when each PBX last posted: the
+figures to watch when PBXs get 503s, the lake looks stale or a PBX has gone quiet. ``flush_overdue``
+is true when a staged record has waited more than twice ``ingest.flush_interval``: the flusher is
+failing (its errors are in the log) or falling behind.
 
 ``POST /v1/admin/ingest/flush`` moves everything staged to the lake now. The flusher normally runs by
 size and age in the background; an explicit flush serves shutdown checklists, benchmarks and "is it in
@@ -48,6 +49,7 @@ def status_json(status: StagingStatus, now: datetime, settings: IngestSettings) 
         "flush_interval_seconds": settings.flush_interval.total_seconds(),
         "flush_overdue": overdue,
         "quarantine": {"pending": status.quarantine_pending, "replayed": status.quarantine_replayed},
+        "pbxs": {name: activity.to_json(now) for name, activity in sorted(status.pbxs.items())},
     }
 
 

@@ -90,10 +90,13 @@ async def add_pbx(request: web.Request, operator: Operator) -> web.Response:
 
 @admin_route("GET", "/v1/admin/pbxs", "pbx.list")
 async def list_pbxs(request: web.Request, operator: Operator) -> web.Response:
-    """Every PBX."""
+    """Every PBX, with what it has sent (``activity``: null before its first post)."""
     gw = request.app[GATEWAY]
     pbxs = await asyncio.to_thread(gw.principals.pbxs)
-    return web.json_response({"pbxs": [pbx_json(p) for p in pbxs]})
+    activity = await asyncio.to_thread(gw.staging.pbx_activity)
+    now = gw.clock.now()
+    listed = [pbx_json(p) | {"activity": activity[p.name].to_json(now) if p.name in activity else None} for p in pbxs]
+    return web.json_response({"pbxs": listed})
 
 
 @admin_route("POST", "/v1/admin/pbxs/{name}/revoke", "pbx.manage")

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -70,8 +70,8 @@ def admin_route(method: str, path: str, permission: str) -> Callable[[AdminHandl
 
 
 class IngestGauges(Collector):
-    """The staging backlog and the quarantine as gauges: a snapshot the ``/metrics`` handler takes from
-    the store just before it renders (so every HTTP worker process answers the same)."""
+    """The staging backlog, the quarantine and each PBX's posts: a snapshot the ``/metrics`` handler takes
+    from the store just before it renders (so every HTTP worker process answers the same)."""
 
     def __init__(self) -> None:
         self._status: StagingStatus | None = None
@@ -105,6 +105,19 @@ class IngestGauges(Collector):
             "Rejected records kept in quarantine and not replayed",
             value=status.quarantine_pending,
         )
+        last_post = GaugeMetricFamily(
+            "telgate_ingest_pbx_last_post_timestamp_seconds", "When each PBX last posted records", labels=["pbx"]
+        )
+        records = CounterMetricFamily(
+            "telgate_ingest_pbx_records", "Records each PBX has posted, by outcome", labels=["pbx", "outcome"]
+        )
+        for pbx, activity in sorted(status.pbxs.items()):
+            last_post.add_metric([pbx], activity.last_at.timestamp())
+            records.add_metric([pbx, "accepted"], activity.accepted)
+            records.add_metric([pbx, "duplicate"], activity.duplicates)
+            records.add_metric([pbx, "rejected"], activity.rejected)
+        yield last_post
+        yield records
 
 
 class Metrics:

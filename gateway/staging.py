@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc
 
 from gateway.audit import Clock
-from gateway.db import Database, Migrations, Transaction, utc_text
+from gateway.db import Database, Migrations, Transaction, parse_utc, utc_text
 from gateway.errors import OverloadedError
 from ingest.records import ACD_EVENT_SCHEMA, CDR_SCHEMA, AcdEventRecord, CdrRecord
 from vault.envelope import decrypt_bytes, encrypt_bytes
@@ -107,7 +107,29 @@ MIGRATIONS: Migrations = [
             "DROP INDEX staged_kind",
         ],
     ),
+    (
+        3,
+        [
+            # What each PBX has sent: a PBX that falls silent (a changed password, a full disk on the
+            # PBX, a firewall) shows as an old last_at. One upsert per PBX per commit group.
+            """CREATE TABLE pbx_activity (
+                pbx TEXT PRIMARY KEY,
+                last_at TEXT NOT NULL,
+                posts INTEGER NOT NULL,
+                accepted INTEGER NOT NULL,
+                duplicates INTEGER NOT NULL,
+                rejected INTEGER NOT NULL
+            )""",
+        ],
+    ),
 ]
+_ACTIVITY_SQL = (
+    "INSERT INTO pbx_activity (pbx, last_at, posts, accepted, duplicates, rejected) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (pbx) DO UPDATE SET last_at = CASE WHEN excluded.last_at > pbx_activity.last_at"
+    " THEN excluded.last_at ELSE pbx_activity.last_at END, posts = pbx_activity.posts + excluded.posts,"
+    " accepted = pbx_activity.accepted + excluded.accepted,"
+    " duplicates = pbx_activity.duplicates + excluded.duplicates, rejected = pbx_activity.rejected + excluded.rejected"
+)
 
 # Staged payloads are read at most this many at once; ``StagingStore.scan`` also stops a read once it
 # holds this many records (one large Master.csv payload, or a few hundred small commit groups).
@@ -152,6 +174,7 @@ class StageRequest:
     records: Sequence[Record]
     rejects: Sequence[Rejected] = ()
     table: pa.Table | None = None  # a large request parsed column-wise; ``records`` is then empty
+    replayed: bool = False  # from the quarantine, by an operator: not the PBX's own activity
 
     @property
     def size(self) -> int:
@@ -293,6 +316,45 @@ def claim_keys(tx: Transaction, keys: list[str], seen_at: str) -> list[bool]:
 
 
 @dataclass(frozen=True, slots=True)
+class PbxActivity:
+    """What one PBX has sent: when last, and how many posts and records (since its first post)."""
+
+    last_at: datetime
+    posts: int
+    accepted: int
+    duplicates: int
+    rejected: int
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """As the API shows it (``ingest status``, ``pbx list``)."""
+        return {
+            "last_post_at": self.last_at.isoformat(),
+            "last_post_age_seconds": max(0.0, (now - self.last_at).total_seconds()),
+            "posts": self.posts,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+        }
+
+
+def _count_activity(
+    tx: Transaction, requests: Sequence[StageRequest], outcomes: Sequence[StageOutcome], seen_at: str
+) -> None:
+    """Add a commit group's PBX requests to ``pbx_activity`` (one statement per PBX)."""
+    totals: dict[str, list[int]] = {}
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if request.replayed:
+            continue
+        counts = totals.setdefault(request.pbx, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += outcome.accepted
+        counts[2] += outcome.duplicates
+        counts[3] += len(request.rejects)
+    for pbx, (posts, accepted, duplicates, rejected) in totals.items():
+        tx.execute(_ACTIVITY_SQL, (pbx, seen_at, posts, accepted, duplicates, rejected))
+
+
+@dataclass(frozen=True, slots=True)
 class KindStatus:
     """Staged records of one kind that are not in the lake yet."""
 
@@ -308,6 +370,7 @@ class StagingStatus:
     kinds: dict[Kind, KindStatus]
     quarantine_pending: int  # rejected records not replayed (yet)
     quarantine_replayed: int
+    pbxs: dict[str, PbxActivity]  # by PBX name; PBXs that never posted are absent
 
     @property
     def backlog(self) -> int:
@@ -424,7 +487,18 @@ class StagingStore:
                      reject.reason, blob),
                 )  # fmt: skip
                 outcome.quarantined.append(quarantine_id)
+        _count_activity(tx, group.requests, outcomes, seen_at)
         return outcomes
+
+    def pbx_activity(self) -> dict[str, PbxActivity]:
+        """What each PBX has sent, by name (PBXs that never sent anything are absent)."""
+        return {
+            str(row["pbx"]): PbxActivity(
+                parse_utc(str(row["last_at"])), int(row["posts"]), int(row["accepted"]), int(row["duplicates"]),
+                int(row["rejected"]),
+            )
+            for row in self._db.fetch_all("SELECT * FROM pbx_activity")
+        }  # fmt: skip
 
     def backlog(self) -> int:
         """Records staged and not yet in the lake."""
@@ -448,7 +522,9 @@ class StagingStore:
         }
         row = self._db.fetch_one("SELECT COUNT(*) AS total, COUNT(replayed_at) AS replayed FROM quarantine")
         total, replayed = (int(row["total"]), int(row["replayed"])) if row else (0, 0)
-        return StagingStatus(kinds, quarantine_pending=total - replayed, quarantine_replayed=replayed)
+        return StagingStatus(
+            kinds, quarantine_pending=total - replayed, quarantine_replayed=replayed, pbxs=self.pbx_activity()
+        )
 
     def batch(self, kind: str, max_records: int) -> tuple[int, pa.Table | None]:
         """The oldest staged rows of ``kind`` up to about ``max_records``: (highest seq, their records)."""

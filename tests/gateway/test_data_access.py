@@ -87,3 +87,6 @@ async def test_quarantined_record_replays_after_the_pbx_is_fixed(
     code, out, err = await arun(["ingest", "quarantine", "replay", quarantine_id, "--json"], env)
     assert code == 0, err
     assert json.loads(out)["accepted"] == 1
+    # The PBX's activity is what it sent: one post, one rejected record; replays are the operator's.
+    activity = node.gateway.staging.pbx_activity()["pbx1"]
+    assert (activity.posts, activity.accepted, activity.rejected) == (1, 0, 1)

@@ -77,12 +77,21 @@ async def test_status_and_gauges_follow_staging_and_quarantine_until_a_flush(
     assert now["backlog"] == accepted + acd_accepted
     assert now["quarantine"] == {"pending": rejected, "replayed": 0}
     assert now["flush_overdue"] is False
+    pbx1 = {
+        "last_post_at": staged_at.isoformat(), "last_post_age_seconds": 10.0, "posts": 2,
+        "accepted": accepted + acd_accepted, "duplicates": 0, "rejected": rejected,
+    }  # fmt: skip
+    assert now["pbxs"] == {"pbx1": pbx1}
+    async with http.get(f"{node.url}/v1/admin/pbxs", headers=auth(dpo_token)) as response:
+        assert [p["activity"] for p in (await response.json())["pbxs"]] == [pbx1]
 
     text = await metrics(http, node)
     assert sample(text, "telgate_ingest_staged_records", kind="cdr") == accepted
     assert sample(text, "telgate_ingest_staged_records", kind="acd_event") == acd_accepted
     assert sample(text, "telgate_ingest_oldest_staged_age_seconds", kind="cdr") == 10
     assert f"telgate_ingest_quarantine_pending {rejected:.1f}" in text.splitlines()
+    assert sample(text, "telgate_ingest_pbx_last_post_timestamp_seconds", pbx="pbx1") == staged_at.timestamp()
+    assert sample(text, "telgate_ingest_pbx_records_total", pbx="pbx1", outcome="rejected") == rejected
 
     env = cli_env(tmp_path / "cli")
     code, _, err = await arun(["login", "--url", node.url, "--user", "dpo", "--password-stdin"], env,
@@ -91,6 +100,7 @@ async def test_status_and_gauges_follow_staging_and_quarantine_until_a_flush(
     code, out, err = await arun(["ingest", "status"], env)
     assert code == 0, err
     assert f"backlog {accepted + acd_accepted} of 5000000" in out
+    assert "pbx1" in out
     assert f"quarantine: {rejected} pending" in out
 
     code, out, err = await arun(["ingest", "flush", "--json"], env)

@@ -17,6 +17,7 @@ from gateway import staging
 from gateway.db import Database
 from gateway.staging import (
     OLDEST_STAGED_SQL,
+    PbxActivity,
     Rejected,
     StageRequest,
     StagingStore,
@@ -147,6 +148,23 @@ def test_status_counts_staged_records_per_kind_and_the_quarantine(store: Staging
     assert status.kinds["acd_event"].records == 0
     assert status.backlog == 3
     assert (status.quarantine_pending, status.quarantine_replayed) == (1, 1)
+
+
+def test_pbx_activity_counts_each_pbx_posts_but_not_replays(store: StagingStore, metadata_db: Database) -> None:
+    assert store.pbx_activity() == {}
+    first = StageRequest("cdr", "acme", "pbx1", "json", [cdr(1), cdr(2)], [Rejected(3, "bad", b"x")])
+    again = StageRequest("cdr", "acme", "pbx1", "json", [cdr(2)])
+    other = StageRequest("cdr", "acme", "pbx2", "json", [cdr(3)])
+    with metadata_db.transaction() as tx:
+        store.stage_many(tx, [first, again, other], T0 + timedelta(seconds=10))
+    with metadata_db.transaction() as tx:  # a process whose clock is behind commits next: last_at keeps the later
+        store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(4)]), T0)
+    with metadata_db.transaction() as tx:  # an operator's replay from the quarantine is not the PBX's doing
+        store.stage(tx, StageRequest("cdr", "acme", "pbx1", "json", [cdr(5)], replayed=True), T0 + timedelta(hours=1))
+    activity = store.pbx_activity()
+    assert activity["pbx1"] == PbxActivity(T0 + timedelta(seconds=10), posts=3, accepted=3, duplicates=1, rejected=1)
+    assert activity["pbx2"] == PbxActivity(T0 + timedelta(seconds=10), posts=1, accepted=1, duplicates=0, rejected=0)
+    assert store.status().pbxs == activity
 
 
 def test_expire_quarantine_deletes_older_records_and_records_it_in_the_same_transaction(
