@@ -339,19 +339,18 @@ class Flusher:
         self._quarantine_retention = quarantine_retention
         self._audit = audit
         self._lock = asyncio.Lock()
-        self._reconciled = False
 
     def reconcile(self) -> int:
         """Drop staged rows the lake already holds (a crash came between lake commit and delete)."""
-        dropped = 0
         with self._writer_lock():
-            for kind in KINDS:
-                marker = self._lake().last_committed_marker(kind)
-                if marker is not None:
-                    dropped += self._store.delete_through(kind, marker)
-        self._reconciled = True
+            return sum(self._settle(kind) for kind in KINDS)
+
+    def _settle(self, kind: Kind) -> int:
+        """Under the writer lock: drop staged rows of ``kind`` up to the lake's marker; how many."""
+        marker = self._lake().last_committed_marker(kind)
+        dropped = self._store.delete_through(kind, marker) if marker is not None else 0
         if dropped:
-            log.info("reconciled %d staged records already in the lake", dropped)
+            log.info("reconciled %d staged %s records already in the lake", dropped, kind)
             self._writer.flushed(dropped)
         return dropped
 
@@ -359,8 +358,8 @@ class Flusher:
         """Reconcile before serving; when the lake does not answer, log it and go on (False).
 
         Ingest does not need the lake: records are staged, and staging is what a 202 promises. A node
-        whose lake is down (its catalog database, its object store) starts and takes records; the first
-        flush reconciles before it appends anything.
+        whose lake is down (its catalog database, its object store) starts and takes records; every
+        flush reconciles before it appends anything (``flush_kind``).
         """
         try:
             await asyncio.to_thread(self.reconcile)
@@ -370,17 +369,21 @@ class Flusher:
         return True
 
     def flush_kind(self, kind: Kind) -> int:
-        """Append the oldest staged batch of ``kind`` to the lake; returns records moved."""
-        if not self._reconciled:  # started while the lake was down: never append a batch it may hold already
-            self.reconcile()
+        """Append the oldest staged batch of ``kind`` to the lake; returns records moved.
+
+        First drops what the lake already holds: a flush killed between its lake commit and its delete
+        (in this process before a restart, or in another: an HTTP worker answering ``ingest flush``)
+        left its batch staged, and appending it again would store it twice.
+        """
         with self._writer_lock():  # read the batch under the lock: another process may have moved it
+            settled = self._settle(kind)
             last_seq, table = self._store.batch(kind, min(self._flush_records, COMMIT_RECORDS))
             if table is None:
-                return 0
+                return settled
             self._lake().append(kind, table, marker=last_seq)
             dropped = self._store.delete_through(kind, last_seq)
         self._writer.flushed(dropped)
-        return dropped
+        return settled + dropped
 
     def flush_all(self) -> int:
         """Flush until staging is empty; returns records moved."""

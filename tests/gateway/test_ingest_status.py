@@ -155,19 +155,29 @@ async def test_a_node_whose_lake_is_down_takes_records_and_flushes_them_once_it_
         await node.stop()
 
 
-async def test_the_first_flush_reconciles_when_the_start_could_not(
+async def test_a_flush_never_appends_what_a_flush_that_died_committed(
     http: aiohttp.ClientSession, node: RunningServer, dpo_token: str, settings: Settings, clock: FakeClock
 ) -> None:
+    """A flush killed between its lake commit and its staging delete (another process: an HTTP worker
+    answering ``ingest flush``; or this one, started while the lake was down) leaves its batch staged."""
     token = await pbx_token(http, node, dpo_token)
     accepted = int((await post(http, f"{node.url}/v1/cdr/asterisk-csv", token, CSV, "text/csv"))["accepted"])  # type: ignore[call-overload]
     last_seq, table = node.gateway.staging.batch("cdr", 1_000)
     assert table is not None
-    node.gateway.lake.append("cdr", table, marker=last_seq)  # a crash after the lake commit, before the delete
-    # A process started while the lake was down has not reconciled; its first flush must, before appending.
+    node.gateway.lake.append("cdr", table, marker=last_seq)  # committed to the lake, then killed
+    assert await node.gateway.flusher.flush_now() == accepted  # this node reconciled at its start, long ago
+    assert node.gateway.lake.scan("cdr").num_rows == accepted  # once, not twice
+    assert node.gateway.staging.status().backlog == 0
+    # A process that never reconciled (its lake was down at start-up) does the same.
+    await post(http, f"{node.url}/v1/cdr/asterisk-csv", token, CSV.replace(b"1741097109.18", b"1741099999.1"),
+               "text/csv")  # fmt: skip
+    last_seq, table = node.gateway.staging.batch("cdr", 1_000)
+    assert table is not None
+    node.gateway.lake.append("cdr", table, marker=last_seq)
     restarted = await asyncio.to_thread(build_gateway, settings, clock)
     try:
-        assert await asyncio.to_thread(restarted.flusher.flush_all) == 0
-        assert restarted.lake.scan("cdr").num_rows == accepted  # once, not twice
+        await asyncio.to_thread(restarted.flusher.flush_all)
+        assert restarted.lake.scan("cdr").num_rows == accepted + table.num_rows
         assert restarted.staging.status().backlog == 0
     finally:
         restarted.close()
