@@ -238,3 +238,30 @@ async def test_quarantined_records_are_deleted_after_their_retention_and_it_is_a
         assert gateway.audit.verify().ok
     finally:
         await asyncio.to_thread(gateway.close)
+
+
+async def test_a_full_staging_answers_503_with_retry_after_and_takes_the_retry_once_flushed(
+    tmp_path: Path, http: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path / "var", ingest={"max_staged_records": 3})
+    _, password = initialise(settings, clock)
+    node = await start_server(settings, clock)
+    try:
+        dpo = await login(http, node, FIRST_DPO, password)
+        token = await pbx_token(http, node, dpo)
+        url = f"{node.url}/v1/cdr/freeswitch-json"
+        leg = (VECTORS / "freeswitch/a_leg.json").read_bytes()
+        staged = await post(http, f"{node.url}/v1/cdr/asterisk-csv", token, CSV, "text/csv")
+        assert int(staged["accepted"]) >= 3  # type: ignore[call-overload]
+        headers = {**auth(token), "Content-Type": "application/json"}
+        async with http.post(url, data=leg, headers=headers) as response:  # staging holds its limit: shed load
+            assert response.status == 503
+            assert int(response.headers["Retry-After"]) > 0
+            assert (await response.json())["error"]["code"] == "overloaded"
+        assert (await status(http, node, dpo))["backlog"] == staged["accepted"]  # nothing of it was kept
+        await node.gateway.flusher.flush_now()
+        async with http.post(url, data=leg, headers=headers) as response:  # the PBX's retry
+            assert response.status == 202
+            assert await response.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    finally:
+        await node.stop()
