@@ -1,0 +1,129 @@
+"""The ingest rules the issue names that other tests only touch: PBX credentials (Bearer, HTTP Basic as
+FreeSWITCH's ``cred=`` sends it, revoked tokens), a PBX writing only its own tenant, the flusher's
+size and age triggers, and the dedupe window after which a record counts as new again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from gateway.server import RunningServer, start_server
+from gateway.settings import Settings
+from gateway.staging import StageRequest
+from gateway.wiring import FIRST_DPO, build_gateway, initialise
+from tests.conftest import auth, login, make_settings
+from tests.fakes import FakeClock
+from tests.gateway.test_ingest_api import VECTORS, pbx_token, post
+from tests.gateway.test_staging_contract import cdr
+
+LEG = (VECTORS / "freeswitch/a_leg.json").read_bytes()
+
+
+def basic(name: str, password: str) -> dict[str, str]:
+    """An HTTP Basic header, as FreeSWITCH sends ``cred=name:password``."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+async def test_pbx_credentials_bearer_basic_and_revoked(
+    http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
+) -> None:
+    token = await pbx_token(http, node, dpo_token)
+    url = f"{node.url}/v1/cdr/freeswitch-json"
+    json_type = {"Content-Type": "application/json"}
+    async with http.post(url, data=LEG, headers=basic("pbx1", token) | json_type) as response:
+        assert response.status == 202, await response.text()
+        assert (await response.json())["accepted"] == 1
+    for wrong in (basic("pbx1", "tgp_wrong"), basic("pbx2", token), auth("tgp_wrong"), {}):
+        async with http.post(url, data=LEG, headers=wrong | json_type) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "unauthenticated"
+    async with http.post(f"{node.url}/v1/admin/pbxs/pbx1/revoke", headers=auth(dpo_token)) as response:
+        assert response.status == 200
+    # A revoked token stops working at once on this node (the credential cache forgets it).
+    async with http.post(url, data=LEG, headers=auth(token) | json_type) as response:
+        assert response.status == 401
+
+
+async def test_a_pbx_writes_only_its_own_tenant(
+    http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
+) -> None:
+    async with http.post(
+        f"{node.url}/v1/admin/customers", json={"tenant": "globex", "name": "Globex"}, headers=auth(dpo_token)
+    ) as response:
+        assert response.status == 201
+    acme = await pbx_token(http, node, dpo_token)  # pbx1, tenant acme
+    async with http.post(
+        f"{node.url}/v1/admin/pbxs", json={"name": "pbx9", "tenant": "globex"}, headers=auth(dpo_token)
+    ) as response:
+        globex = str((await response.json())["token"])
+    claims_globex = json.dumps(
+        {"id": "c-7", "start": "2025-03-04T14:05:09Z", "caller": "601", "callee": "602",
+         "extra": {"tenant": "globex", "pbx": "pbx9"}}
+    ).encode()  # fmt: skip
+    await post(http, f"{node.url}/v1/cdr/json", acme, claims_globex + b"\n", "application/x-ndjson")
+    await post(http, f"{node.url}/v1/cdr/freeswitch-json", globex, LEG, "application/json")
+    await node.gateway.flusher.flush_now()
+    rows = node.gateway.lake.scan("cdr", columns=["tenant", "pbx", "call_id"]).to_pylist()
+    by_pbx = {row["pbx"]: row["tenant"] for row in rows}
+    assert by_pbx == {"pbx1": "acme", "pbx9": "globex"}  # the credential decides, never the body
+
+
+async def test_the_flusher_moves_staged_records_by_size_or_by_age(tmp_path_factory: pytest.TempPathFactory) -> None:
+    clock = FakeClock()
+    data = tmp_path_factory.mktemp("flusher")
+    settings = make_settings(data / "var", ingest={"flush_records": 3, "flush_interval": "30s"})
+    initialise(settings, clock)
+    gateway = await asyncio.to_thread(build_gateway, settings, clock)
+    try:
+        flusher = gateway.flusher
+        await gateway.staging_writer.stage(StageRequest("cdr", "acme", "pbx1", "json", [cdr(1), cdr(2)]))
+        assert not flusher.due(clock.now())  # 2 records, just staged
+        clock.advance(timedelta(seconds=29))
+        assert not flusher.due(clock.now())
+        clock.advance(timedelta(seconds=1))
+        assert flusher.due(clock.now())  # the oldest has waited flush_interval
+        await flusher.flush_now()
+        assert not flusher.due(clock.now())
+        await gateway.staging_writer.stage(StageRequest("cdr", "acme", "pbx1", "json", [cdr(3), cdr(4), cdr(5)]))
+        assert flusher.due(clock.now())  # flush_records reached, at once
+
+        rounds = 0
+
+        async def sleep(seconds: float) -> None:  # one round of the background loop
+            nonlocal rounds
+            rounds += 1
+            raise asyncio.CancelledError
+
+        with pytest.raises(asyncio.CancelledError):
+            await flusher.run(sleep=sleep)
+        assert rounds == 1
+        assert gateway.staging.status().backlog == 0
+        assert gateway.lake.scan("cdr").num_rows == 5
+    finally:
+        await asyncio.to_thread(gateway.close)
+
+
+async def test_a_retry_within_the_dedupe_window_is_a_duplicate_and_after_it_a_new_record(
+    tmp_path_factory: pytest.TempPathFactory, http: aiohttp.ClientSession
+) -> None:
+    clock = FakeClock()
+    settings: Settings = make_settings(tmp_path_factory.mktemp("dedupe") / "var", ingest={"dedupe_window": "2d"})
+    _, password = initialise(settings, clock)
+    node = await start_server(settings, clock)
+    try:
+        token = await pbx_token(http, node, await login(http, node, FIRST_DPO, password))
+        url = f"{node.url}/v1/cdr/freeswitch-json"
+        assert (await post(http, url, token, LEG, "application/json"))["accepted"] == 1
+        clock.advance(timedelta(days=2) - timedelta(seconds=1))
+        assert node.gateway.flusher.expire_dedupe() == 0
+        assert (await post(http, url, token, LEG, "application/json"))["duplicates"] == 1
+        clock.advance(timedelta(seconds=2))  # the first sighting is older than the window now
+        assert node.gateway.flusher.expire_dedupe() == 1
+        assert (await post(http, url, token, LEG, "application/json"))["accepted"] == 1
+    finally:
+        await node.stop()
