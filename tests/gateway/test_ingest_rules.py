@@ -1,13 +1,16 @@
 """The ingest rules the issue names that other tests only touch: PBX credentials (Bearer, HTTP Basic as
 FreeSWITCH's ``cred=`` sends it, revoked tokens), a PBX writing only its own tenant, the flusher's
-size and age triggers, and the dedupe window after which a record counts as new again."""
+size and age triggers, the dedupe window after which a record counts as new again, and the real curl
+posting as FreeSWITCH, Asterisk's res_config_curl and a batch uploader do."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -127,3 +130,43 @@ async def test_a_retry_within_the_dedupe_window_is_a_duplicate_and_after_it_a_ne
         assert (await post(http, url, token, LEG, "application/json"))["accepted"] == 1
     finally:
         await node.stop()
+
+
+async def curl(*args: str) -> tuple[int, str]:
+    """Run the real curl (not blocking the loop that serves the node): its HTTP status and body."""
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    body, _, status = out.decode().rpartition("\n")
+    return int(status), body
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_real_curl_posts_as_pbxs_do(
+    tmp_path: Path, http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
+) -> None:
+    token = await pbx_token(http, node, dpo_token)
+    host = node.url.removeprefix("http://")
+    form = "application/x-www-form-urlencoded"
+    # FreeSWITCH mod_json_cdr, encode=true, cred=pbx1:<token> (libcurl, HTTP Basic).
+    leg = VECTORS / "freeswitch/a_leg_json_urlencoded.form"
+    status, body = await curl("-u", f"pbx1:{token}", "-H", f"Content-Type: {form}", "--data-binary", f"@{leg}",
+                              f"{node.url}/v1/cdr/freeswitch-json")  # fmt: skip
+    assert (status, json.loads(body)["accepted"]) == (202, 1)
+    # Asterisk res_config_curl: credentials in the URL, the row count as the answer.
+    status, body = await curl("--data-binary", f"@{VECTORS / 'queue_log/store_data.form'}",
+                              f"http://pbx1:{token}@{host}/v1/acd/queue-log/store")  # fmt: skip
+    assert (status, body.strip()) == (200, "1")
+    # A Master.csv batch sent chunked, after an Expect: 100-continue handshake.
+    lines = [line for line in (VECTORS / "asterisk/master_21.csv").read_bytes().splitlines() if line][:1]
+    batch = tmp_path / "Master.csv"
+    batch.write_bytes(b"".join(line.replace(b"1741097109.18", f"1741097109.{n}".encode()) + b"\n"
+                               for line in lines for n in range(2000)))  # fmt: skip
+    status, body = await curl("-H", f"Authorization: Bearer {token}", "-H", "Content-Type: text/csv",
+                              "-H", "Transfer-Encoding: chunked", "-H", "Expect: 100-continue",
+                              "--data-binary", f"@{batch}", f"{node.url}/v1/cdr/asterisk-csv")  # fmt: skip
+    assert status == 202, body
+    assert json.loads(body) == {"accepted": 2000, "duplicates": 0, "rejected": []}
