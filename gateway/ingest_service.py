@@ -470,12 +470,12 @@ class Flusher:
         while True:
             try:
                 now = self._clock.now()
-                if await asyncio.to_thread(self.due, now):
-                    await self.flush_now()
-                if last_expiry is None or now - last_expiry >= timedelta(hours=1):
+                if last_expiry is None or now - last_expiry >= timedelta(hours=1):  # first: needs no lake
                     await asyncio.to_thread(self.expire_dedupe)
                     await asyncio.to_thread(self.expire_quarantine)
                     last_expiry = now
+                if await asyncio.to_thread(self.due, now):
+                    await self.flush_now()
                 if maintenance is not None and now - last_maintenance >= maintenance.maintenance_interval:
                     last_maintenance = now
                     await self.maintain_lake(maintenance)

@@ -192,12 +192,18 @@ async def test_failing_flushes_back_off_and_log_one_traceback(
     initialise(settings, clock)
     gateway = await asyncio.to_thread(build_gateway, settings, clock)
     try:
-        await gateway.staging_writer.stage(StageRequest("cdr", "acme", "pbx1", "json", [cdr(1)]))
-        clock.advance(timedelta(minutes=1))  # due by age
+        await gateway.staging_writer.stage(
+            StageRequest("cdr", "acme", "pbx1", "json", [cdr(1)], [Rejected(2, "x", b"y")])
+        )
+        clock.advance(settings.ingest.quarantine_retention + timedelta(minutes=1))  # due by age, reject expired
         waits: list[float] = []
+
+        quarantined_while_down: list[int] = []
 
         async def sleep(seconds: float) -> None:  # the loop's waits, without waiting
             waits.append(seconds)
+            if len(waits) == 1:
+                quarantined_while_down.append(len(gateway.staging.quarantined()))
             if len(waits) == 7:
                 storage.unlink()  # the storage is back during the seventh wait
             if len(waits) == 9:
@@ -211,6 +217,7 @@ async def test_failing_flushes_back_off_and_log_one_traceback(
         assert [r.exc_info is not None for r in failures] == [True] + [False] * 6
         assert any("works again after 7 failed attempts" in r.getMessage() for r in caplog.records)
         assert gateway.lake.scan("cdr").num_rows == 1
+        assert quarantined_while_down == [0]  # expired in the first round, although the lake was down
     finally:
         await asyncio.to_thread(gateway.close)
 
