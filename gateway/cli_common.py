@@ -9,6 +9,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +43,13 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for row in rows:
         grid.add_row(*["" if cell is None else str(cell) for cell in row])
     out.print(grid)
+
+
+def short_time(iso: str | None) -> str:
+    """An ISO 8601 time as a table cell: ``2026-03-04 12:00:10Z`` (UTC, whole seconds); "" for None."""
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def handle_errors(func: F) -> F:

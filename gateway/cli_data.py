@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli_common import api, emit, err, handle_errors, json_option, out, table
+from gateway.cli_common import api, emit, err, handle_errors, json_option, out, short_time, table
 from gateway.errors import EXIT_UNAVAILABLE
 
 
@@ -65,13 +65,13 @@ def ingest_status(as_json: bool) -> None:
     """
     answer = api().request("GET", "/v1/admin/ingest/status")
     rows = [
-        (kind, s["records"], s["payloads"], s["oldest_staged_at"] or "", _age(s["oldest_age_seconds"]))
+        (kind, s["records"], s["payloads"], short_time(s["oldest_staged_at"]), _age(s["oldest_age_seconds"]))
         for kind, s in answer["staged"].items()
     ]
 
     pbxs = [
-        (name, a["last_post_at"], _age(a["last_post_age_seconds"]), a["posts"], a["accepted"], a["duplicates"],
-         a["rejected"])
+        (name, short_time(a["last_post_at"]), _age(a["last_post_age_seconds"]), a["posts"], a["accepted"],
+         a["duplicates"], a["rejected"])
         for name, a in answer["pbxs"].items()
     ]  # fmt: skip
 

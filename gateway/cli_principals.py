@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli_common import api, emit, handle_errors, json_option, out, table
+from gateway.cli_common import api, emit, handle_errors, json_option, out, short_time, table
 
 
 @click.group()
@@ -85,7 +85,7 @@ def pbx_list(as_json: bool) -> None:
     answer = api().request("GET", "/v1/admin/pbxs")
     rows = [
         (p["name"], p["tenant"], p["timezone"], p["country"], p["csv_columns"], "yes" if p["revoked"] else "",
-         p["activity"]["last_post_at"] if p["activity"] else "never")
+         short_time(p["activity"]["last_post_at"]) if p["activity"] else "never")
         for p in answer["pbxs"]
     ]  # fmt: skip
     columns = ["name", "tenant", "zone", "country", "csv", "revoked", "last post"]
