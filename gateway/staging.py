@@ -6,14 +6,16 @@ Data flow::
                                        |                     for every request queued meanwhile)
                                        v
              staged (pseudonymised rows, Arrow IPC)  + dedupe (keys seen)  + quarantine (sealed rejects)
-                                       |
-                      Flusher.flush_once(): read a batch in seq order -> lake.append(marker=max seq)
-                                       -> delete staged rows <= marker
+                                       |                     + pbx_activity (each PBX's last post, counts)
+                                       v
+                      Flusher.flush_kind(): drop staged rows <= the lake's marker, read a batch in seq
+                                       order -> lake.append(marker=max seq) -> delete staged rows <= marker
 
 Exactly once: a record's dedupe key is inserted in the same transaction as the record, so a retried
 record is a duplicate whether or not the first copy has reached the lake yet. The lake commit carries
-the highest staged seq it contains; after a crash between the lake commit and the staging delete,
-``Flusher.reconcile`` deletes what the lake already has, so nothing is appended twice.
+the highest staged seq it contains; after a crash between the lake commit and the staging delete (of
+this process or of another one), the next flush first deletes what the lake already has, so nothing is
+appended twice.
 
 Dedupe rows are keyed ``HHHHHHH:<first 128 bits of the record's dedupe key>``, where ``HHHHHHH`` is the
 UTC hour of the record's own time (start of the call, time of the event), zero-padded. A retried
