@@ -275,9 +275,11 @@ class IngestService:
     async def stage(self, request: StageRequest) -> IngestResult:
         """Durably stage a prepared request (returns once committed)."""
         outcome = await self._writer.stage(request)
+        # A replay's rejects are the quarantined record itself: they keep their quarantine row and id.
+        kept: list[str | None] = [None] * len(request.rejects) if request.replayed else list(outcome.quarantined)
         rejected: list[dict[str, object]] = [
             {"line": reject.line or None, "reason": reject.reason, "quarantine_id": quarantine_id}
-            for reject, quarantine_id in zip(request.rejects, outcome.quarantined, strict=True)
+            for reject, quarantine_id in zip(request.rejects, kept, strict=True)
         ]
         return IngestResult(outcome.accepted, outcome.duplicates, rejected)
 

@@ -176,7 +176,7 @@ class StageRequest:
     records: Sequence[Record]
     rejects: Sequence[Rejected] = ()
     table: pa.Table | None = None  # a large request parsed column-wise; ``records`` is then empty
-    replayed: bool = False  # from the quarantine, by an operator: not the PBX's own activity
+    replayed: bool = False  # from the quarantine, by an operator: not the PBX's activity, rejects not kept again
 
     @property
     def size(self) -> int:
@@ -449,7 +449,7 @@ class StagingStore:
         quarantine: list[list[tuple[str, Rejected, bytes]]] = []
         for request in requests:
             sealed = []
-            for reject in request.rejects:
+            for reject in () if request.replayed else request.rejects:  # a replay's record is quarantined already
                 quarantine_id = "q_" + secrets.token_hex(8)
                 sealed.append((quarantine_id, reject, encrypt_bytes(reject.raw, self._sealing_key, quarantine_id)))
             quarantine.append(sealed)

@@ -75,6 +75,8 @@ async def test_quarantined_record_replays_after_the_pbx_is_fixed(
     code, out, _ = await arun(["ingest", "quarantine", "replay", quarantine_id, "--json"], env)
     assert code == 65  # still broken: nothing changed
     assert json.loads(out)["replayed"] is False
+    code, out, _ = await arun(["ingest", "quarantine", "list", "--json"], env)
+    assert [q["id"] for q in json.loads(out)["quarantine"]] == [quarantine_id]  # not quarantined a second time
 
     # Replay re-parses the sealed bytes with the PBX's current settings. There is no `pbx update` yet, so
     # the test stands in for "the cause was fixed" by re-sealing a corrected line in place.
