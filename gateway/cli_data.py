@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from gateway.cli_common import api, emit, err, handle_errors, json_option, out, short_time, table
-from gateway.errors import EXIT_UNAVAILABLE
+from gateway.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 
 
 @click.group()
@@ -127,42 +127,76 @@ def quarantine() -> None:
 
 
 @quarantine.command("list")
+@click.option("--pbx", help="Only this PBX's records.")
+@click.option("--pending", is_flag=True, help="Only records not replayed yet.")
 @json_option
 @handle_errors
-def quarantine_list(as_json: bool) -> None:
-    """List quarantined records (where from and why; never their content).
+def quarantine_list(pbx: str | None, pending: bool, as_json: bool) -> None:
+    """List quarantined records, oldest first (where from and why; never their content).
 
     \b
-    Example:
+    Examples:
       telgate ingest quarantine list --json
+      telgate ingest quarantine list --pbx pbx1 --pending
     """
-    answer = api().request("GET", "/v1/admin/ingest/quarantine")
+    query = {"pbx": pbx, "pending": "true" if pending else None}
+    answer = api().request("GET", "/v1/admin/ingest/quarantine", query={k: v for k, v in query.items() if v})
     rows = [
-        (q["id"], q["received_at"], q["pbx"], q["format"], q["line"], q["reason"], q["replayed_at"] or "")
+        (q["id"], short_time(q["received_at"]), q["pbx"], q["format"], q["line"], q["reason"],
+         short_time(q["replayed_at"]))
         for q in answer["quarantine"]
-    ]
-    emit(
-        as_json,
-        answer,
-        lambda: table("quarantine", ["id", "received", "pbx", "format", "line", "reason", "replayed"], rows),
-    )
+    ]  # fmt: skip
+
+    def show() -> None:
+        table("quarantine", ["id", "received", "pbx", "format", "line", "reason", "replayed"], rows)
+        if answer["total"] > len(rows):
+            out.print(f"the first {len(rows)} of {answer['total']}")
+
+    emit(as_json, answer, show)
 
 
 @quarantine.command("replay")
-@click.argument("quarantine_id")
+@click.argument("quarantine_id", required=False)
+@click.option("--pbx", help="Every pending record of this PBX instead of one record.")
 @json_option
 @handle_errors
-def quarantine_replay(quarantine_id: str, as_json: bool) -> None:
-    """Parse a quarantined record again with its PBX's current settings.
+def quarantine_replay(quarantine_id: str | None, pbx: str | None, as_json: bool) -> None:
+    """Parse quarantined records again with their PBX's current settings; exits 65 if any still fails.
 
     \b
-    Example:
+    Examples:
       telgate pbx list            # fix the PBX profile first, then:
       telgate ingest quarantine replay q_0123456789abcdef
+      telgate ingest quarantine replay --pbx pbx1
     """
+    if (quarantine_id is None) == (pbx is None):
+        raise click.UsageError("give a quarantine id or --pbx, not both")
+    if pbx is not None:
+        _replay_pbx(pbx, as_json)
+        return
     answer = api().request("POST", f"/v1/admin/ingest/quarantine/{quarantine_id}/replay")
     if answer["replayed"]:
         emit(as_json, answer, lambda: out.print(f"{quarantine_id} replayed: {answer['accepted']} accepted"))
         return
     emit(as_json, answer, lambda: err.print(f"[red]{quarantine_id} still does not parse:[/red] {answer['rejected']}"))
-    raise SystemExit(65)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _replay_pbx(pbx: str, as_json: bool) -> None:
+    """Replay a PBX's pending records, a batch per request, following the server's cursor."""
+    client = api()
+    totals = {"pbx": pbx, "replayed": 0, "still_rejected": 0, "accepted": 0, "duplicates": 0}
+    after: str | None = None
+    while True:
+        answer = client.request("POST", "/v1/admin/ingest/quarantine/replay", {"pbx": pbx, "after": after})
+        for key in ("replayed", "still_rejected", "accepted", "duplicates"):
+            totals[key] += answer[key]
+        after = answer["next"]
+        if after is None:
+            break
+    emit(as_json, totals, lambda: out.print(
+        f"{pbx}: {totals['replayed']} replayed ({totals['accepted']} records accepted, {totals['duplicates']}"
+        f" duplicates), {totals['still_rejected']} still rejected"
+    ))  # fmt: skip
+    if totals["still_rejected"]:
+        raise SystemExit(EXIT_BAD_INPUT)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.errors import BadRequestError, NotFoundError
 from gateway.operators import Operator
-from gateway.routing import GATEWAY, admin_route, source_of
+from gateway.routing import GATEWAY, admin_route, read_json, source_of
 from gateway.wiring import Gateway
 from ingest.context import PbxContext
 from ingest.normalise import to_e164
@@ -129,19 +129,30 @@ async def cdr_search(request: web.Request, operator: Operator) -> web.Response:
     return web.json_response({"cdrs": rows, "count": len(rows)})
 
 
+QUARANTINE_LIST_LIMIT = 1000
+REPLAY_BATCH = 200  # records one bulk replay call takes: the CLI calls again with the cursor
+
+
 @admin_route("GET", "/v1/admin/ingest/quarantine", "quarantine.read")
 async def quarantine_list(request: web.Request, operator: Operator) -> web.Response:
-    """Quarantined records: where they came from and why (never their content)."""
+    """Quarantined records: where they came from and why (never their content), oldest first.
+
+    ``?pbx=NAME`` and ``?pending=true`` (not replayed) filter; ``total`` counts every match, the list
+    stops at 1,000.
+    """
     gw = request.app[GATEWAY]
-    rows = await asyncio.to_thread(gw.staging.quarantined)
-    return web.json_response({"quarantine": rows})
+    pbx = request.query.get("pbx") or None
+    pending = request.query.get("pending", "").lower() in {"1", "true", "yes"}
+    rows, total = await asyncio.to_thread(
+        functools.partial(gw.staging.quarantined, QUARANTINE_LIST_LIMIT, pbx=pbx, pending=pending)
+    )
+    return web.json_response({"quarantine": rows, "total": total})
 
 
-@admin_route("POST", "/v1/admin/ingest/quarantine/{id}/replay", "quarantine.replay")
-async def quarantine_replay(request: web.Request, operator: Operator) -> web.Response:
-    """Parse a quarantined record again with its PBX's current settings; stage it if it now parses."""
+async def _replay(request: web.Request, operator: Operator, quarantine_id: str) -> dict[str, Any]:
+    """Parse one quarantined record again with its PBX's current settings; stage it if it now parses;
+    mark it replayed and audit the attempt in one transaction."""
     gw = request.app[GATEWAY]
-    quarantine_id = request.match_info["id"]
     unsealed = await asyncio.to_thread(gw.staging.unseal, quarantine_id)
     if unsealed is None:
         raise NotFoundError(f"no quarantined record {quarantine_id}")
@@ -163,10 +174,37 @@ async def quarantine_replay(request: web.Request, operator: Operator) -> web.Res
             )  # fmt: skip
 
     await asyncio.to_thread(record)
-    return web.json_response(
-        {"id": quarantine_id, "replayed": replayed, "accepted": result.accepted, "duplicates": result.duplicates,
-         "rejected": result.rejected},
-    )  # fmt: skip
+    return {"id": quarantine_id, "replayed": replayed, "accepted": result.accepted, "duplicates": result.duplicates,
+            "rejected": result.rejected}  # fmt: skip
+
+
+@admin_route("POST", "/v1/admin/ingest/quarantine/{id}/replay", "quarantine.replay")
+async def quarantine_replay(request: web.Request, operator: Operator) -> web.Response:
+    """Parse a quarantined record again with its PBX's current settings; stage it if it now parses."""
+    return web.json_response(await _replay(request, operator, request.match_info["id"]))
+
+
+@admin_route("POST", "/v1/admin/ingest/quarantine/replay", "quarantine.replay")
+async def quarantine_replay_pbx(request: web.Request, operator: Operator) -> web.Response:
+    """Replay a PBX's pending quarantined records (after its profile was fixed), up to 200 per call.
+
+    Body ``{"pbx": NAME, "after": ID or null}``; answers the counts and ``next``, the cursor to send as
+    ``after`` for the following records (null when there are none left). Each record is audited as
+    ``quarantine.replay``, as a single replay is.
+    """
+    gw = request.app[GATEWAY]
+    body = await read_json(request)
+    pbx, after = body.get("pbx"), body.get("after")
+    if not isinstance(pbx, str) or not pbx or not (after is None or isinstance(after, str)):
+        raise BadRequestError('send {"pbx": NAME, "after": ID or null}')
+    ids = await asyncio.to_thread(gw.staging.pending_quarantine, pbx, after, REPLAY_BATCH)
+    counts = {"replayed": 0, "still_rejected": 0, "accepted": 0, "duplicates": 0}
+    for quarantine_id in ids:
+        answer = await _replay(request, operator, quarantine_id)
+        counts["replayed" if answer["replayed"] else "still_rejected"] += 1
+        counts["accepted"] += int(answer["accepted"])
+        counts["duplicates"] += int(answer["duplicates"])
+    return web.json_response({"pbx": pbx, **counts, "next": ids[-1] if len(ids) == REPLAY_BATCH else None})
 
 
 def setup(app: web.Application) -> None:

@@ -613,13 +613,28 @@ class StagingStore:
                 record(tx, deleted)
         return deleted
 
-    def quarantined(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Quarantined records (metadata only, never the sealed content)."""
-        return self._db.fetch_all(
-            "SELECT id, received_at, pbx, tenant, format, line, reason, replayed_at FROM quarantine"
-            " ORDER BY received_at, id LIMIT ?",
-            (limit,),
+    def quarantined(
+        self, limit: int = 1000, *, pbx: str | None = None, pending: bool = False
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Quarantined records, oldest first (metadata only, never the sealed content), of one PBX and
+        only those not replayed when asked; and how many match in all (the list stops at ``limit``)."""
+        where, params = _quarantine_filter(pbx, pending)
+        rows = self._db.fetch_all(
+            "SELECT id, received_at, pbx, tenant, format, line, reason, replayed_at FROM quarantine"  # noqa: S608
+            f"{where} ORDER BY received_at, id LIMIT ?",
+            [*params, limit],
         )
+        total = self._db.fetch_one(f"SELECT COUNT(*) AS n FROM quarantine{where}", params)  # noqa: S608
+        return rows, int(total["n"]) if total else 0
+
+    def pending_quarantine(self, pbx: str, after: str | None, limit: int) -> list[str]:
+        """Ids of a PBX's quarantined records not replayed yet, in id order after ``after`` (a cursor)."""
+        where, params = _quarantine_filter(pbx, True)
+        if after is not None:
+            where += " AND id > ?"
+            params.append(after)
+        rows = self._db.fetch_all(f"SELECT id FROM quarantine{where} ORDER BY id LIMIT ?", [*params, limit])  # noqa: S608
+        return [str(row["id"]) for row in rows]
 
     def unseal(self, quarantine_id: str) -> tuple[dict[str, Any], bytes] | None:
         """A quarantined record's metadata and raw bytes, for replay."""
@@ -632,6 +647,18 @@ class StagingStore:
     def mark_replayed(self, tx: Transaction, quarantine_id: str, now: datetime) -> None:
         """Record that a quarantined record was replayed successfully."""
         tx.execute("UPDATE quarantine SET replayed_at = ? WHERE id = ?", (utc_text(now), quarantine_id))
+
+
+def _quarantine_filter(pbx: str | None, pending: bool) -> tuple[str, list[str]]:
+    """The WHERE clause (fixed text, values as parameters) selecting quarantined records."""
+    conditions: list[str] = []
+    params: list[str] = []
+    if pbx is not None:
+        conditions.append("pbx = ?")
+        params.append(pbx)
+    if pending:
+        conditions.append("replayed_at IS NULL")
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
 @dataclass

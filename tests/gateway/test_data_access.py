@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from gateway import routes_data
 from gateway.server import RunningServer
 from tests.conftest import auth, cli_env
 from tests.gateway.test_cli import arun
@@ -92,3 +94,43 @@ async def test_quarantined_record_replays_after_the_pbx_is_fixed(
     # The PBX's activity is what it sent: one post, one rejected record; replays are the operator's.
     activity = node.gateway.staging.pbx_activity()["pbx1"]
     assert (activity.posts, activity.accepted, activity.rejected) == (1, 0, 1)
+
+
+async def test_a_pbx_s_pending_quarantine_replays_in_batches(
+    tmp_path: Path, http: aiohttp.ClientSession, node: RunningServer, dpo_token: str, dpo_password: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(routes_data, "REPLAY_BATCH", 2)  # three records: two calls, following the cursor
+    token = await pbx_token(http, node, dpo_token)
+    other = await pbx_token(http, node, dpo_token, name="pbx2")
+    broken = [
+        b'"","07700900555","600","from-pstn","x","y","z","Dial","","2025-03-04 25:61:%02d","","",1,1,"ANSWERED",'
+        b'"DOCUMENTATION"' % n
+        for n in range(3)
+    ]
+    answer = await post(http, f"{node.url}/v1/cdr/asterisk-csv", token, b"\n".join(broken) + b"\n", "text/csv")
+    ids = [r["quarantine_id"] for r in answer["rejected"]]  # type: ignore[attr-defined]
+    await post(http, f"{node.url}/v1/cdr/asterisk-csv", other, broken[0] + b"\n", "text/csv")  # not pbx1's
+    sealing_key = node.gateway.layout.sealing_key.read_bytes()
+    with node.gateway.db.transaction() as tx:  # "the PBX was fixed" for two of the three, as above
+        for quarantine_id, line in list(zip(ids, broken, strict=True))[:2]:
+            fixed = line.replace(b"25:61:", b"14:00:")
+            tx.execute("UPDATE quarantine SET sealed = ? WHERE id = ?",
+                       (encrypt_bytes(fixed, sealing_key, quarantine_id), quarantine_id))  # fmt: skip
+
+    env = cli_env(tmp_path / "cli")
+    await arun(["login", "--url", node.url, "--user", "dpo", "--password-stdin"], env, dpo_password + "\n")
+    code, out, _ = await arun(["ingest", "quarantine", "list", "--pbx", "pbx1", "--pending", "--json"], env)
+    assert (sorted(q["id"] for q in json.loads(out)["quarantine"]), json.loads(out)["total"]) == (sorted(ids), 3)
+    code, out, err = await arun(["ingest", "quarantine", "replay", "--pbx", "pbx1", "--json"], env)
+    assert code == 65, err  # one record still does not parse
+    assert json.loads(out) == {"pbx": "pbx1", "replayed": 2, "still_rejected": 1, "accepted": 2, "duplicates": 0}
+    code, out, _ = await arun(["ingest", "quarantine", "list", "--pending", "--json"], env)
+    pending = json.loads(out)["quarantine"]
+    assert sorted(q["pbx"] for q in pending) == ["pbx1", "pbx2"]  # pbx2's was not touched
+    assert [q["id"] for q in pending if q["pbx"] == "pbx1"] == [ids[2]]
+    replays = [e for e in node.gateway.audit.entries() if e.action == "quarantine.replay"]
+    assert sorted(e.object for e in replays) == sorted(ids)
+    code, _, err = await arun(["ingest", "quarantine", "replay", ids[0], "--pbx", "pbx1"], env)
+    assert code == 2
+    assert "not both" in err

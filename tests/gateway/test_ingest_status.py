@@ -203,7 +203,7 @@ async def test_failing_flushes_back_off_and_log_one_traceback(
         async def sleep(seconds: float) -> None:  # the loop's waits, without waiting
             waits.append(seconds)
             if len(waits) == 1:
-                quarantined_while_down.append(len(gateway.staging.quarantined()))
+                quarantined_while_down.append(len(gateway.staging.quarantined()[0]))
             if len(waits) == 7:
                 storage.unlink()  # the storage is back during the seventh wait
             if len(waits) == 9:
@@ -237,7 +237,7 @@ async def test_quarantined_records_are_deleted_after_their_retention_and_it_is_a
 
         with pytest.raises(asyncio.CancelledError):
             await gateway.flusher.run(sleep=sleep)
-        assert [row["line"] for row in gateway.staging.quarantined()] == [2]
+        assert [row["line"] for row in gateway.staging.quarantined()[0]] == [2]
         assert gateway.staging.unseal(outcome.quarantined[0]) is None
         (entry,) = [e for e in gateway.audit.entries() if e.action == "quarantine.expire"]
         assert (entry.actor, entry.role, entry.reason) == ("system", "system", "retention")

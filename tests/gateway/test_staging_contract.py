@@ -183,7 +183,7 @@ def test_expire_quarantine_deletes_older_records_and_records_it_in_the_same_tran
     assert recorded == []
     assert store.expire_quarantine(T0 + timedelta(hours=1), record) == 1
     assert recorded == [1]
-    assert [row["line"] for row in store.quarantined()] == [2]
+    assert [row["line"] for row in store.quarantined()[0]] == [2]
 
 
 @pytest.mark.parametrize("records_per_read", [20_000, 1])
