@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.errors import BadRequestError, NotFoundError
 from gateway.operators import Operator
+from gateway.principals import Pbx
 from gateway.routing import GATEWAY, admin_route, read_json, source_of
 from gateway.wiring import Gateway
 from ingest.context import PbxContext
@@ -149,6 +150,14 @@ async def quarantine_list(request: web.Request, operator: Operator) -> web.Respo
     return web.json_response({"quarantine": rows, "total": total})
 
 
+async def _live_pbx(gw: Gateway, name: str) -> Pbx:
+    """The PBX of that name, unless it is gone or revoked (NotFoundError)."""
+    pbx = next((p for p in await asyncio.to_thread(gw.principals.pbxs) if p.name == name), None)
+    if pbx is None or pbx.revoked:
+        raise NotFoundError(f"PBX {name} no longer exists or is revoked")
+    return pbx
+
+
 async def _replay(request: web.Request, operator: Operator, quarantine_id: str) -> dict[str, Any]:
     """Parse one quarantined record again with its PBX's current settings; stage it if it now parses;
     mark it replayed and audit the attempt in one transaction."""
@@ -157,9 +166,7 @@ async def _replay(request: web.Request, operator: Operator, quarantine_id: str) 
     if unsealed is None:
         raise NotFoundError(f"no quarantined record {quarantine_id}")
     meta, raw = unsealed
-    pbx = next((p for p in await asyncio.to_thread(gw.principals.pbxs) if p.name == meta["pbx"]), None)
-    if pbx is None or pbx.revoked:
-        raise NotFoundError(f"PBX {meta['pbx']} no longer exists or is revoked")
+    pbx = await _live_pbx(gw, str(meta["pbx"]))
     result = await gw.ingest.ingest(pbx, str(meta["format"]), raw, "", replay=True)
     replayed = result.accepted + result.duplicates > 0 and not result.rejected
 
@@ -197,10 +204,14 @@ async def quarantine_replay_pbx(request: web.Request, operator: Operator) -> web
     pbx, after = body.get("pbx"), body.get("after")
     if not isinstance(pbx, str) or not pbx or not (after is None or isinstance(after, str)):
         raise BadRequestError('send {"pbx": NAME, "after": ID or null}')
+    await _live_pbx(gw, pbx)
     ids = await asyncio.to_thread(gw.staging.pending_quarantine, pbx, after, REPLAY_BATCH)
     counts = {"replayed": 0, "still_rejected": 0, "accepted": 0, "duplicates": 0}
     for quarantine_id in ids:
-        answer = await _replay(request, operator, quarantine_id)
+        try:
+            answer = await _replay(request, operator, quarantine_id)
+        except NotFoundError:
+            continue  # deleted meanwhile (retention), or the PBX was revoked meanwhile
         counts["replayed" if answer["replayed"] else "still_rejected"] += 1
         counts["accepted"] += int(answer["accepted"])
         counts["duplicates"] += int(answer["duplicates"])

@@ -41,7 +41,7 @@ EXPECTED: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/admin/cdr/search?call_id=none", None, {"dpo", "tech_manager"}),
     ("GET", "/v1/admin/ingest/quarantine", None, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/ingest/quarantine/q_unknown/replay", None, {"dpo", "tech_manager"}),
-    ("POST", "/v1/admin/ingest/quarantine/replay", {"pbx": "none", "after": None}, {"dpo", "tech_manager"}),
+    ("POST", "/v1/admin/ingest/quarantine/replay", {"pbx": "target", "after": None}, {"dpo", "tech_manager"}),
     ("POST", "/v1/admin/ingest/flush", None, {"dpo", "tech_manager"}),
     ("GET", "/v1/admin/ingest/status", None, {"dpo", "tech_manager"}),
     (
