@@ -40,9 +40,13 @@ ROUTE_MODULES = (
 
 
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
-    """Start-up: reconcile staging with the lake (unless it is down), then run the flusher until shutdown."""
+    """Run the flusher until shutdown.
+
+    Nothing waits for the lake at start-up: ingest needs staging only, so a node whose lake is down
+    (its catalog database, its object store) starts and takes records; each flush first drops what the
+    lake already holds (a crash between a lake commit and its staging delete), then appends.
+    """
     gateway = app[GATEWAY]
-    await gateway.flusher.reconcile_at_start()
     flusher = asyncio.create_task(gateway.flusher.run(gateway.settings.lake), name="telgate-flusher")
     yield
     flusher.cancel()

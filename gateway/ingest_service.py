@@ -2,7 +2,7 @@
 
 ``IngestService.ingest`` is what every ingest endpoint calls; it returns only once the accepted
 records are committed to staging, which is what makes a 2xx mean "durable". ``Flusher`` moves staged
-records to the lake in large appends (by size or age) and reconciles after a crash; it also runs lake
+records to the lake in large appends (by size or age), never appending twice what a crash left; it also runs lake
 maintenance (compaction, snapshot expiry) on a schedule.
 """
 
@@ -308,7 +308,7 @@ MAX_RETRY_SECONDS = 60.0  # longest wait between two flush attempts while they f
 
 
 class Flusher:
-    """Moves staged records to the lake: by size, by age, on demand; reconciles after a crash."""
+    """Moves staged records to the lake: by size, by age, on demand; never twice after a crash."""
 
     def __init__(
         self,
@@ -342,11 +342,6 @@ class Flusher:
         self._audit = audit
         self._lock = asyncio.Lock()
 
-    def reconcile(self) -> int:
-        """Drop staged rows the lake already holds (a crash came between lake commit and delete)."""
-        with self._writer_lock():
-            return sum(self._settle(kind) for kind in KINDS)
-
     def _settle(self, kind: Kind) -> int:
         """Under the writer lock: drop staged rows of ``kind`` up to the lake's marker; how many."""
         marker = self._lake().last_committed_marker(kind)
@@ -355,20 +350,6 @@ class Flusher:
             log.info("reconciled %d staged %s records already in the lake", dropped, kind)
             self._writer.flushed(dropped)
         return dropped
-
-    async def reconcile_at_start(self) -> bool:
-        """Reconcile before serving; when the lake does not answer, log it and go on (False).
-
-        Ingest does not need the lake: records are staged, and staging is what a 202 promises. A node
-        whose lake is down (its catalog database, its object store) starts and takes records; every
-        flush reconciles before it appends anything (``flush_kind``).
-        """
-        try:
-            await asyncio.to_thread(self.reconcile)
-        except Exception:
-            log.exception("the lake did not answer at start-up; ingest goes on into staging, flushing waits for it")
-            return False
-        return True
 
     def flush_kind(self, kind: Kind) -> int:
         """Append the oldest staged batch of ``kind`` to the lake; returns records moved.
@@ -440,7 +421,7 @@ class Flusher:
         """Compact small files and expire old snapshots, under the flush lock.
 
         Never concurrently with an append: a compaction racing an append could carry an older staging
-        marker forward, and ``reconcile`` trusts the newest marker.
+        marker forward, and every flush trusts the newest marker.
         """
         async with self._lock:
             report = await asyncio.to_thread(self._maintain, maintenance)

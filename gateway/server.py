@@ -224,7 +224,7 @@ class Supervisor:
 
 
 async def start_supervisor(settings: Settings, clock: Clock | None = None) -> Supervisor:
-    """Open backends, reconcile staging, start SFTP and the flusher, then the HTTP workers."""
+    """Open backends, start SFTP and the flusher, then the HTTP workers."""
     gateway = await asyncio.to_thread(build_gateway, settings, clock)
     reserved = reserve_port(settings.server.http_host, settings.server.http_port)
     http_port = int(reserved.getsockname()[1])
@@ -233,7 +233,6 @@ async def start_supervisor(settings: Settings, clock: Clock | None = None) -> Su
     )
     await asyncio.to_thread(sftp.start)
     gateway.releases.public_port = sftp.bound_port
-    await gateway.flusher.reconcile_at_start()
     flusher = asyncio.create_task(gateway.flusher.run(settings.lake), name="telgate-flusher")
     server = dataclasses.replace(settings.server, http_port=http_port, sftp_port=sftp.bound_port)
     workers = HttpWorkerPool(

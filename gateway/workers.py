@@ -4,7 +4,7 @@ One Python process tops out at one core (the GIL), and on a small node the HTTP 
 pseudonymisation of CDRs need more than that. ``serve`` therefore runs as::
 
     supervisor (this node's main process)           HTTP workers (``server.http_workers`` processes)
-      metadata migrations, reconcile, lake flusher     aiohttp app: ingest, uploads, admin API
+      metadata migrations, lake flusher                aiohttp app: ingest, uploads, admin API
       lake maintenance, SFTP release server            each binds http_host:http_port with SO_REUSEPORT;
       reserves the HTTP port, starts and restarts      the kernel spreads connections between them
       the workers, stops them on SIGTERM
