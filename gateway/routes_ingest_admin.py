@@ -32,13 +32,12 @@ def status_json(status: StagingStatus, now: datetime, settings: IngestSettings) 
     staged: dict[str, Any] = {}
     overdue = False
     for kind, state in status.kinds.items():
-        oldest = state.oldest_staged_at
-        age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
+        age = state.waited(now)
         overdue = overdue or (age is not None and age > 2 * settings.flush_interval.total_seconds())
         staged[kind] = {
             "records": state.records,
             "payloads": state.payloads,
-            "oldest_staged_at": oldest.isoformat() if oldest is not None else None,
+            "oldest_staged_at": state.oldest_staged_at.isoformat() if state.oldest_staged_at else None,
             "oldest_age_seconds": age,
         }
     return {

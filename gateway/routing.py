@@ -96,8 +96,7 @@ class IngestGauges(Collector):
         )
         for kind, state in status.kinds.items():
             staged.add_metric([kind], state.records)
-            oldest = state.oldest_staged_at
-            age.add_metric([kind], max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+            age.add_metric([kind], state.waited(now) or 0.0)
         yield staged
         yield age
         yield GaugeMetricFamily(

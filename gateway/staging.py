@@ -364,6 +364,10 @@ class KindStatus:
     payloads: int  # staged rows: a large request's records, or a commit group's small requests
     oldest_staged_at: datetime | None  # when the next row to be flushed arrived
 
+    def waited(self, now: datetime) -> float | None:
+        """Seconds the oldest staged record has waited for the lake (None: nothing staged)."""
+        return None if self.oldest_staged_at is None else max(0.0, (now - self.oldest_staged_at).total_seconds())
+
 
 @dataclass(frozen=True, slots=True)
 class StagingStatus:
