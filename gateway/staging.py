@@ -512,7 +512,8 @@ class StagingStore:
         return int(row["n"]) if row else 0
 
     def status(self) -> StagingStatus:
-        """What is staged per kind (records, payloads, oldest arrival) and what waits in quarantine.
+        """What is staged per kind (records, payloads, oldest arrival), what waits in quarantine, and
+        what each PBX has posted.
 
         Shared by every process of the node (it is read from the store), so any HTTP worker answers
         the same. Reads ``records`` from each staged row, never a payload.
