@@ -158,15 +158,19 @@ async def _live_pbx(gw: Gateway, name: str) -> Pbx:
     return pbx
 
 
-async def _replay(request: web.Request, operator: Operator, quarantine_id: str) -> dict[str, Any]:
+async def _replay(
+    request: web.Request, operator: Operator, quarantine_id: str, pbx: Pbx | None = None
+) -> dict[str, Any]:
     """Parse one quarantined record again with its PBX's current settings; stage it if it now parses;
-    mark it replayed and audit the attempt in one transaction."""
+    mark it replayed and audit the attempt in one transaction. ``pbx``: the record's PBX, when the
+    caller has looked it up already."""
     gw = request.app[GATEWAY]
     unsealed = await asyncio.to_thread(gw.staging.unseal, quarantine_id)
     if unsealed is None:
         raise NotFoundError(f"no quarantined record {quarantine_id}")
     meta, raw = unsealed
-    pbx = await _live_pbx(gw, str(meta["pbx"]))
+    if pbx is None or pbx.name != meta["pbx"]:
+        pbx = await _live_pbx(gw, str(meta["pbx"]))
     result = await gw.ingest.ingest(pbx, str(meta["format"]), raw, "", replay=True)
     replayed = result.accepted + result.duplicates > 0 and not result.rejected
 
@@ -204,14 +208,14 @@ async def quarantine_replay_pbx(request: web.Request, operator: Operator) -> web
     pbx, after = body.get("pbx"), body.get("after")
     if not isinstance(pbx, str) or not pbx or not (after is None or isinstance(after, str)):
         raise BadRequestError('send {"pbx": NAME, "after": ID or null}')
-    await _live_pbx(gw, pbx)
+    live = await _live_pbx(gw, pbx)  # once for the batch, not once per record
     ids = await asyncio.to_thread(gw.staging.pending_quarantine, pbx, after, REPLAY_BATCH)
     counts = {"replayed": 0, "still_rejected": 0, "accepted": 0, "duplicates": 0}
     for quarantine_id in ids:
         try:
-            answer = await _replay(request, operator, quarantine_id)
+            answer = await _replay(request, operator, quarantine_id, live)
         except NotFoundError:
-            continue  # deleted meanwhile (retention), or the PBX was revoked meanwhile
+            continue  # deleted meanwhile (retention)
         counts["replayed" if answer["replayed"] else "still_rejected"] += 1
         counts["accepted"] += int(answer["accepted"])
         counts["duplicates"] += int(answer["duplicates"])

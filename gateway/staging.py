@@ -317,6 +317,11 @@ def claim_keys(tx: Transaction, keys: list[str], seen_at: str) -> list[bool]:
     return fresh
 
 
+def seconds_since(moment: datetime, now: datetime) -> float:
+    """How long ago ``moment`` was (0 for a moment after ``now``: clocks of processes may differ)."""
+    return max(0.0, (now - moment).total_seconds())
+
+
 @dataclass(frozen=True, slots=True)
 class PbxActivity:
     """What one PBX has sent: when last, and how many posts and records (since its first post)."""
@@ -331,7 +336,7 @@ class PbxActivity:
         """As the API shows it (``ingest status``, ``pbx list``)."""
         return {
             "last_post_at": self.last_at.isoformat(),
-            "last_post_age_seconds": max(0.0, (now - self.last_at).total_seconds()),
+            "last_post_age_seconds": seconds_since(self.last_at, now),
             "posts": self.posts,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
@@ -366,7 +371,7 @@ class KindStatus:
 
     def waited(self, now: datetime) -> float | None:
         """Seconds the oldest staged record has waited for the lake (None: nothing staged)."""
-        return None if self.oldest_staged_at is None else max(0.0, (now - self.oldest_staged_at).total_seconds())
+        return None if self.oldest_staged_at is None else seconds_since(self.oldest_staged_at, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,7 +598,7 @@ class StagingStore:
         row = self._db.fetch_one(OLDEST_STAGED_SQL, (kind,))
         if row is None or row["t"] is None:
             return None
-        return datetime.strptime(str(row["t"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return parse_utc(str(row["t"]))
 
     def delete_through(self, kind: str, seq: int) -> int:
         """Drop staged rows of ``kind`` that the lake holds (seq <= marker); returns records dropped."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.conftest import auth, login, make_settings
 from tests.fakes import FakeClock
 from tests.gateway.test_ingest_api import VECTORS, pbx_token, post
 from tests.gateway.test_staging_contract import cdr
+from tests.sftp_clients import CLIENT_TIMEOUT, require
 
 LEG = (VECTORS / "freeswitch/a_leg.json").read_bytes()
 
@@ -133,18 +133,20 @@ async def test_a_retry_within_the_dedupe_window_is_a_duplicate_and_after_it_a_ne
 
 
 async def curl(*args: str) -> tuple[int, str]:
-    """Run the real curl (not blocking the loop that serves the node): its HTTP status and body."""
+    """Run the real curl (not blocking the loop that serves the node): its HTTP status and body.
+
+    A missing curl skips, or fails where clients are required (CI), as for the SFTP clients.
+    """
     process = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args,
+        require("curl", "curl"), "-sS", "-o", "-", "-w", "\n%{http_code}", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await process.communicate()
+    out, err = await asyncio.wait_for(process.communicate(), CLIENT_TIMEOUT)
     assert process.returncode == 0, err.decode()
     body, _, status = out.decode().rpartition("\n")
     return int(status), body
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_real_curl_posts_as_pbxs_do(
     tmp_path: Path, http: aiohttp.ClientSession, node: RunningServer, dpo_token: str
 ) -> None:
